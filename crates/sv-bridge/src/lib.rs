@@ -1,0 +1,1 @@
+//! The IoT2MQTT MQTT bridge.

@@ -1,0 +1,1 @@
+//! Translates supervisord configs into iot2mqtt-sv TOML.

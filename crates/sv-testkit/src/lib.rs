@@ -1,0 +1,298 @@
+//! Test support shared by every crate's integration tests.
+//!
+//! - [`wait_until`]: the only way tests wait. It polls a condition with a bounded deadline and
+//!   panics with a description when the deadline passes, so a broken feature fails loudly instead
+//!   of hanging or passing by luck. The deadline is a safety net, never an assertion on speed.
+//! - [`free_port`]: a TCP port nobody listens on right now (tests never use fixed ports).
+//! - [`Mosquitto`]: a real broker per test on a free loopback port, killed on drop.
+//! - [`test_child`]: the path of the `test-child` program (see `src/bin/test-child.rs`).
+//! - [`cargo_bin`]: the path of any binary built in this workspace's target directory.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use tempfile::{TempDir, tempdir};
+
+/// The default bound for [`wait_until`]: generous, because CI machines are slow and shared.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `cond` every few milliseconds until it returns `Some`, or panics after `timeout` naming
+/// `what`. Returns the value.
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        // Polling interval, not synchronisation: the condition is what we wait on.
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// [`wait_for`] with a boolean condition and the default bound.
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(what, WAIT, || cond().then_some(()))
+}
+
+/// A TCP port on 127.0.0.1 that is free right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port on 127.0.0.1")
+}
+
+/// The target directory the running test binary was built into (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test-binary> → target/debug
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of binary `name` built in this workspace. Integration tests of the crate that owns
+/// the binary get it from `CARGO_BIN_EXE_*`; others rely on the workspace build (nextest and
+/// `cargo test --workspace` build every binary first).
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo nextest run --workspace` (scripts/test)",
+        path.display()
+    );
+    path
+}
+
+/// The `test-child` program.
+pub fn test_child() -> PathBuf {
+    cargo_bin("test-child")
+}
+
+/// Whether tests that need mosquitto must fail (rather than skip) when it is missing.
+pub fn mosquitto_required() -> bool {
+    std::env::var("REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1")
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// A real mosquitto broker on a free loopback port, killed when dropped.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    /// The broker's port on 127.0.0.1.
+    pub port: u16,
+    dir: TempDir,
+    extra_conf: String,
+}
+
+impl Mosquitto {
+    /// Starts a broker, or returns `None` (after printing a skip line) when mosquitto is not
+    /// installed and `REQUIRE_MOSQUITTO` is not `1`.
+    pub fn start() -> Option<Mosquitto> {
+        Self::start_with("")
+    }
+
+    /// Like [`Mosquitto::start`] with extra lines for the broker's config file.
+    pub fn start_with(extra_conf: &str) -> Option<Mosquitto> {
+        if which("mosquitto").is_none() {
+            if mosquitto_required() {
+                panic!("mosquitto is required (REQUIRE_MOSQUITTO=1) but not installed");
+            }
+            eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
+            return None;
+        }
+        let mut m = Mosquitto {
+            child: None,
+            port: free_port(),
+            dir: tempdir().expect("tempdir"),
+            extra_conf: extra_conf.to_string(),
+        };
+        m.launch();
+        Some(m)
+    }
+
+    /// The directory holding the broker's config (usable for certificates and password files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn launch(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}\n",
+                self.port, self.extra_conf
+            ),
+        )
+        .expect("writing mosquitto.conf");
+        let mut child = Command::new(which("mosquitto").expect("mosquitto"))
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning mosquitto");
+        let port = self.port;
+        let ok = {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break true;
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break false;
+                }
+                if Instant::now() >= deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        if !ok {
+            let _ = child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("mosquitto did not start on port {port}: {err}");
+        }
+        self.child = Some(child);
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// Runs `mosquitto_sub` against this broker; see [`Subscriber`].
+    pub fn subscribe(&self, topic: &str) -> Subscriber {
+        Subscriber::start(self.port, topic)
+    }
+
+    /// Publishes one message with `mosquitto_pub` and waits for it to be sent.
+    pub fn publish(&self, topic: &str, payload: &str, qos: u8, retain: bool) {
+        let mut cmd =
+            Command::new(which("mosquitto_pub").expect("mosquitto_pub (mosquitto-clients)"));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-t",
+            topic,
+            "-m",
+            payload,
+            "-q",
+            &qos.to_string(),
+        ]);
+        if retain {
+            cmd.arg("-r");
+        }
+        let st = cmd.status().expect("running mosquitto_pub");
+        assert!(st.success(), "mosquitto_pub failed: {st}");
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An independent MQTT subscriber (`mosquitto_sub -v`), collecting `topic payload` lines.
+#[derive(Debug)]
+pub struct Subscriber {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Subscriber {
+    fn start(port: u16, topic: &str) -> Subscriber {
+        let mut child =
+            Command::new(which("mosquitto_sub").expect("mosquitto_sub (mosquitto-clients)"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-t",
+                    topic,
+                    "-v",
+                    "-q",
+                    "1",
+                    "-F",
+                    "%t\t%p",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawning mosquitto_sub");
+        let out = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let (t, p) = line.split_once('\t').unwrap_or((&line, ""));
+                sink.lock()
+                    .expect("lock")
+                    .push((t.to_string(), p.to_string()));
+            }
+        });
+        Subscriber { child, lines }
+    }
+
+    /// Every `(topic, payload)` received so far.
+    pub fn messages(&self) -> Vec<(String, String)> {
+        self.lines.lock().expect("lock").clone()
+    }
+
+    /// Waits until a message on `topic` satisfies `pred`, and returns its payload.
+    #[track_caller]
+    pub fn wait_for(&self, topic: &str, pred: impl Fn(&str) -> bool) -> String {
+        wait_for(&format!("a message on {topic}"), WAIT, || {
+            self.messages()
+                .into_iter()
+                .find(|(t, p)| t == topic && pred(p))
+                .map(|(_, p)| p)
+        })
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
