@@ -1,2 +1,10 @@
 //! IO runtime of iot2mqtt-sv: drives the pure [`sv_core::machine`] with real processes,
 //! signals, pipes and sockets.
+
+pub mod http;
+pub mod logs;
+pub mod notify;
+pub mod probe;
+pub mod reap;
+pub mod signals;
+pub mod spawn;

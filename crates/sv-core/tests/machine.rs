@@ -1,0 +1,798 @@
+//! State machine tests with a fake clock and a simulated process table.
+//!
+//! `World` plays the runtime: it carries out the machine's actions (spawning gives a fresh pid,
+//! signals make processes exit according to their scripted behaviour) and advances a fake clock
+//! straight to the next timeout, so seconds of backoff and stop deadlines pass in microseconds.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use sv_core::config::*;
+use sv_core::machine::*;
+use sv_core::signal::Signal;
+
+fn prog(name: &str) -> ProgramConfig {
+    ProgramConfig {
+        name: name.into(),
+        command: vec!["/bin/true".into()],
+        directory: None,
+        environment: vec![],
+        user: None,
+        umask: None,
+        priority: 999,
+        autostart: true,
+        autorestart: AutoRestart::Unexpected,
+        exitcodes: vec![0],
+        startsecs: Duration::from_secs(1),
+        startretries: 3,
+        stopsignal: Signal::Term,
+        stopwaitsecs: Duration::from_secs(10),
+        stopasgroup: true,
+        killasgroup: true,
+        redirect_stderr: false,
+        output: OutputMode::Capture,
+        critical: true,
+        backoff: BackoffConfig::default(),
+        readiness: ReadinessConfig {
+            check: ReadinessCheck::StartSecs,
+            timeout: Duration::from_secs(60),
+            interval: Duration::from_millis(250),
+        },
+        liveness: None,
+        watchdog: None,
+        depends_on: vec![],
+        on_dependency_restart: OnDependencyRestart::Wait,
+        bridge_publish: vec![],
+    }
+}
+
+fn config(programs: Vec<ProgramConfig>) -> Config {
+    let mut programs = programs;
+    programs.sort_by(|a, b| a.name.cmp(&b.name));
+    Config {
+        supervisor: SupervisorSettings {
+            control_socket: PathBuf::from("/tmp/x.sock"),
+            control_socket_mode: 0o600,
+            log_format: LogFormat::Text,
+            shutdown_timeout: Duration::from_secs(8),
+            orphan_grace: Duration::from_millis(500),
+            log_buffer_lines: 100,
+            max_line_bytes: 16384,
+            http: None,
+        },
+        programs,
+        bridge: None,
+    }
+}
+
+/// How a simulated process reacts to its stop signal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum OnTerm {
+    /// Exits after this long.
+    ExitAfter(Duration),
+    /// Ignores it (only SIGKILL ends it).
+    Ignore,
+}
+
+struct World {
+    m: Machine,
+    now: Instant,
+    start: Instant,
+    next_pid: i32,
+    /// pid → (program, pending exit time and status)
+    procs: HashMap<i32, (ProgramId, Option<(Instant, ExitStatus)>)>,
+    on_term: HashMap<String, OnTerm>,
+    /// Exit scripted right after spawn: program → (after, status), applied to every spawn.
+    crash: HashMap<String, (Duration, ExitStatus)>,
+    spawn_fail: HashSet<String>,
+    spawns: Vec<(Instant, String)>,
+    signals: Vec<(Instant, String, Signal)>,
+    exits: Vec<(Instant, String)>,
+    exit_code: Option<i32>,
+    exit_at: Option<Instant>,
+    probe_results: HashMap<String, Result<(), String>>,
+}
+
+impl World {
+    fn new(cfg: Config) -> World {
+        let now = Instant::now();
+        World {
+            m: Machine::new(&cfg, 7),
+            now,
+            start: now,
+            next_pid: 100,
+            procs: HashMap::new(),
+            on_term: HashMap::new(),
+            crash: HashMap::new(),
+            spawn_fail: HashSet::new(),
+            spawns: vec![],
+            signals: vec![],
+            exits: vec![],
+            exit_code: None,
+            exit_at: None,
+            probe_results: HashMap::new(),
+        }
+    }
+
+    fn name(&self, id: ProgramId) -> String {
+        self.m.program(id).name.clone()
+    }
+
+    fn id(&self, name: &str) -> ProgramId {
+        self.m.find(name).unwrap()
+    }
+
+    fn boot(&mut self) {
+        self.m.start(self.now);
+        self.pump();
+    }
+
+    fn input(&mut self, i: Input) {
+        self.m.handle(self.now, i);
+        self.pump();
+    }
+
+    fn pump(&mut self) {
+        while let Some(a) = self.m.poll_action() {
+            match a {
+                Action::Spawn(id) => {
+                    let name = self.name(id);
+                    let live: Vec<_> = self.procs.values().filter(|(p, _)| *p == id).collect();
+                    assert!(
+                        live.is_empty(),
+                        "spawn of {name} while a process of it is alive"
+                    );
+                    if self.spawn_fail.contains(&name) {
+                        self.m.handle(
+                            self.now,
+                            Input::SpawnFailed {
+                                program: id,
+                                reason: "not found".into(),
+                                code: 127,
+                            },
+                        );
+                        continue;
+                    }
+                    let pid = self.next_pid;
+                    self.next_pid += 1;
+                    let exit = self.crash.get(&name).map(|(d, s)| (self.now + *d, *s));
+                    self.procs.insert(pid, (id, exit));
+                    self.spawns.push((self.now, name));
+                    self.m.handle(self.now, Input::Spawned { program: id, pid });
+                }
+                Action::Signal {
+                    program,
+                    pid,
+                    signal,
+                    ..
+                } => {
+                    let name = self.name(program);
+                    self.signals.push((self.now, name.clone(), signal));
+                    if let Some((_, exit)) = self.procs.get_mut(&pid) {
+                        if signal == Signal::Kill {
+                            *exit = Some((self.now, ExitStatus::Signaled(9)));
+                        } else if let OnTerm::ExitAfter(d) = self
+                            .on_term
+                            .get(&name)
+                            .copied()
+                            .unwrap_or(OnTerm::ExitAfter(Duration::ZERO))
+                        {
+                            let at = self.now + d;
+                            if exit.is_none_or(|(t, _)| t > at) {
+                                *exit = Some((at, ExitStatus::Code(0)));
+                            }
+                        }
+                    }
+                }
+                Action::Probe {
+                    program,
+                    pid,
+                    kind: _,
+                } => {
+                    let r = self
+                        .probe_results
+                        .get(&self.name(program))
+                        .cloned()
+                        .unwrap_or(Ok(()));
+                    self.m.handle(
+                        self.now,
+                        Input::ProbeResult {
+                            program,
+                            pid,
+                            kind: ProbeKind::Readiness,
+                            result: r.clone(),
+                        },
+                    );
+                    // Liveness results are sent with the right kind below; the machine ignores a
+                    // result whose kind does not match its state.
+                    self.m.handle(
+                        self.now,
+                        Input::ProbeResult {
+                            program,
+                            pid,
+                            kind: ProbeKind::Liveness,
+                            result: r,
+                        },
+                    );
+                }
+                Action::SignalOrphans(_) => {
+                    if self.procs.is_empty() {
+                        self.m.handle(self.now, Input::NoChildren);
+                    }
+                }
+                Action::Exit(code) => {
+                    assert!(self.exit_code.is_none(), "exit emitted twice");
+                    self.exit_code = Some(code);
+                    self.exit_at = Some(self.now);
+                }
+            }
+        }
+    }
+
+    /// Advances the fake clock to the next event (a timeout or a scripted exit) and handles it.
+    fn step(&mut self) -> bool {
+        let next_exit = self
+            .procs
+            .values()
+            .filter_map(|(_, e)| e.map(|(t, _)| t))
+            .min();
+        let next_timeout = self.m.poll_timeout();
+        let next = match (next_exit, next_timeout) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => match a.or(b) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
+        self.now = self.now.max(next);
+        let due: Vec<i32> = self
+            .procs
+            .iter()
+            .filter(|(_, (_, e))| e.is_some_and(|(t, _)| t <= self.now))
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in due {
+            let (id, e) = self.procs.remove(&pid).unwrap();
+            self.exits.push((self.now, self.name(id)));
+            self.m.handle(
+                self.now,
+                Input::Exited {
+                    pid,
+                    status: e.unwrap().1,
+                },
+            );
+            self.pump();
+        }
+        if self.m.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.m.handle_timeout(self.now);
+            self.pump();
+        }
+        true
+    }
+
+    fn run_until(&mut self, limit: Duration, mut cond: impl FnMut(&World) -> bool) {
+        while !cond(self) {
+            assert!(
+                self.now - self.start < limit,
+                "condition not reached within {limit:?} of fake time"
+            );
+            if !self.step() {
+                panic!("nothing left to happen and the condition does not hold");
+            }
+        }
+    }
+
+    fn state(&self, name: &str) -> State {
+        self.m.state(self.id(name))
+    }
+}
+
+#[test]
+fn starts_in_priority_order_and_becomes_running_after_startsecs() {
+    let mut a = prog("a");
+    a.priority = 10;
+    let mut b = prog("b");
+    b.priority = 5;
+    let mut c = prog("c");
+    c.priority = 10;
+    let mut w = World::new(config(vec![a, b, c]));
+    w.boot();
+    let names: Vec<_> = w.spawns.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["b", "a", "c"]);
+    assert_eq!(w.state("a"), State::Starting);
+    w.run_until(Duration::from_secs(5), |w| w.state("a") == State::Running);
+    let snap = w.m.snapshot(w.now);
+    assert!(snap.healthy, "{}", snap.reason);
+}
+
+#[test]
+fn dependency_waits_for_ready_and_completed() {
+    let mut setup = prog("gen");
+    setup.autorestart = AutoRestart::Never;
+    setup.startsecs = Duration::ZERO;
+    let mut broker = prog("broker");
+    broker.readiness.check = ReadinessCheck::Notify;
+    let mut app = prog("app");
+    app.priority = 1;
+    app.depends_on = vec![
+        ("broker".into(), DependencyCondition::Ready),
+        ("gen".into(), DependencyCondition::Completed),
+    ];
+    let mut w = World::new(config(vec![setup, broker, app]));
+    w.crash.insert(
+        "gen".into(),
+        (Duration::from_millis(300), ExitStatus::Code(0)),
+    );
+    w.boot();
+    assert!(!w.spawns.iter().any(|(_, n)| n == "app"), "app must wait");
+    let snap = w.m.snapshot(w.now);
+    let app = snap.programs.iter().find(|p| p.name == "app").unwrap();
+    assert!(
+        app.reason.as_deref().unwrap().contains("waiting for"),
+        "{:?}",
+        app.reason
+    );
+    // gen completes; broker still not ready
+    w.run_until(Duration::from_secs(2), |w| w.state("gen") == State::Exited);
+    assert!(!w.spawns.iter().any(|(_, n)| n == "app"));
+    let pid = w.m.pid(w.id("broker")).unwrap();
+    w.input(Input::Ready {
+        program: w.id("broker"),
+        pid,
+    });
+    assert_eq!(w.spawns.last().unwrap().1, "app");
+}
+
+#[test]
+fn failed_starts_back_off_exponentially_then_fatal_and_critical_exit_code() {
+    let mut p = prog("flaky");
+    p.startretries = 3;
+    let mut w = World::new(config(vec![p, prog("other")]));
+    w.crash.insert(
+        "flaky".into(),
+        (Duration::from_millis(10), ExitStatus::Code(3)),
+    );
+    w.boot();
+    w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(3));
+    let starts: Vec<Instant> = w
+        .spawns
+        .iter()
+        .filter(|(_, n)| n == "flaky")
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(starts.len(), 4, "1 start + 3 retries");
+    let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // Each gap = 10 ms run + a delay that at least doubles (jitter only shortens by ≤ 20 %).
+    for g in gaps.windows(2) {
+        assert!(g[1] > g[0], "backoff must grow: {gaps:?}");
+    }
+    // other was stopped as part of the shutdown
+    assert!(
+        w.signals
+            .iter()
+            .any(|(_, n, s)| n == "other" && *s == Signal::Term)
+    );
+}
+
+#[test]
+fn non_critical_fatal_does_not_stop_the_supervisor() {
+    let mut p = prog("helper");
+    p.critical = false;
+    p.startretries = 0;
+    let mut w = World::new(config(vec![p, prog("main")]));
+    w.spawn_fail.insert("helper".into());
+    w.boot();
+    assert_eq!(w.state("helper"), State::Fatal);
+    w.run_until(Duration::from_secs(5), |w| {
+        w.state("main") == State::Running
+    });
+    assert!(w.exit_code.is_none());
+    assert!(w.m.snapshot(w.now).healthy);
+}
+
+#[test]
+fn shutdown_is_reverse_order_and_kills_after_stopwaitsecs() {
+    let mut a = prog("a");
+    a.priority = 1;
+    let mut b = prog("b");
+    b.priority = 2;
+    b.stopwaitsecs = Duration::from_secs(1);
+    let mut c = prog("c");
+    c.priority = 3;
+    let mut w = World::new(config(vec![a, b, c]));
+    w.on_term.insert("b".into(), OnTerm::Ignore);
+    w.on_term
+        .insert("c".into(), OnTerm::ExitAfter(Duration::from_millis(100)));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| {
+        ["a", "b", "c"].iter().all(|n| w.state(n) == State::Running)
+    });
+    w.input(Input::ShutdownRequested);
+    w.run_until(Duration::from_secs(20), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(0));
+    let order: Vec<_> = w.exits.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(order, ["c", "b", "a"]);
+    let kill = w
+        .signals
+        .iter()
+        .find(|(_, n, s)| n == "b" && *s == Signal::Kill)
+        .expect("b killed");
+    let term = w
+        .signals
+        .iter()
+        .find(|(_, n, s)| n == "b" && *s == Signal::Term)
+        .unwrap();
+    assert_eq!(kill.0 - term.0, Duration::from_secs(1));
+}
+
+#[test]
+fn second_shutdown_request_stops_everything_at_once() {
+    let mut a = prog("a");
+    a.priority = 1;
+    let mut b = prog("b");
+    b.priority = 2;
+    let mut w = World::new(config(vec![a, b]));
+    w.on_term
+        .insert("b".into(), OnTerm::ExitAfter(Duration::from_secs(5)));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.state("a") == State::Running && w.state("b") == State::Running
+    });
+    w.input(Input::ShutdownRequested);
+    assert!(!w.signals.iter().any(|(_, n, _)| n == "a"), "a waits for b");
+    w.input(Input::ShutdownRequested);
+    assert!(
+        w.signals
+            .iter()
+            .any(|(_, n, s)| n == "a" && *s == Signal::Term),
+        "fast shutdown signals a too"
+    );
+}
+
+#[test]
+fn shutdown_never_exceeds_timeout_even_with_long_stopwaitsecs() {
+    let mut a = prog("a");
+    a.stopwaitsecs = Duration::from_secs(100);
+    let mut w = World::new(config(vec![a]));
+    w.on_term.insert("a".into(), OnTerm::Ignore);
+    w.boot();
+    w.input(Input::ShutdownRequested);
+    let began = w.now;
+    w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
+    assert!(w.exit_at.unwrap() - began <= Duration::from_secs(8));
+}
+
+#[test]
+fn dependents_stop_before_dependencies_even_against_priority() {
+    let mut db = prog("db");
+    db.priority = 900;
+    let mut app = prog("app");
+    app.priority = 1;
+    app.depends_on = vec![("db".into(), DependencyCondition::Started)];
+    let mut w = World::new(config(vec![db, app]));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| w.state("app") == State::Running);
+    let names: Vec<_> = w.spawns.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["db", "app"]);
+    w.input(Input::ShutdownRequested);
+    w.run_until(Duration::from_secs(20), |w| w.exit_code.is_some());
+    let order: Vec<_> = w.exits.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(order, ["app", "db"]);
+}
+
+#[test]
+fn readiness_timeout_is_a_failed_start() {
+    let mut p = prog("slow");
+    p.readiness = ReadinessConfig {
+        check: ReadinessCheck::Notify,
+        timeout: Duration::from_secs(2),
+        interval: Duration::from_millis(250),
+    };
+    p.startretries = 1;
+    p.critical = false;
+    let mut w = World::new(config(vec![p]));
+    w.boot();
+    w.run_until(Duration::from_secs(60), |w| w.state("slow") == State::Fatal);
+    assert_eq!(w.spawns.len(), 2);
+    let snap = w.m.snapshot(w.now);
+    assert!(
+        snap.programs[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("not ready within")
+    );
+}
+
+#[test]
+fn tcp_readiness_polls_until_success() {
+    let mut p = prog("web");
+    p.readiness = ReadinessConfig {
+        check: ReadinessCheck::Tcp {
+            address: "127.0.0.1:1".into(),
+        },
+        timeout: Duration::from_secs(10),
+        interval: Duration::from_millis(250),
+    };
+    let mut w = World::new(config(vec![p]));
+    w.probe_results
+        .insert("web".into(), Err("connection refused".into()));
+    w.boot();
+    w.run_until(Duration::from_secs(2), |w| {
+        w.now - w.start >= Duration::from_secs(1)
+    });
+    assert_eq!(w.state("web"), State::Starting);
+    w.probe_results.insert("web".into(), Ok(()));
+    w.run_until(Duration::from_secs(3), |w| w.state("web") == State::Running);
+}
+
+#[test]
+fn liveness_failures_restart_through_backoff() {
+    let mut p = prog("svc");
+    p.startsecs = Duration::ZERO;
+    p.liveness = Some(LivenessConfig {
+        check: ReadinessCheck::Tcp {
+            address: "127.0.0.1:1".into(),
+        },
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(1),
+        failure_threshold: 3,
+        initial_delay: Duration::ZERO,
+    });
+    let mut w = World::new(config(vec![p]));
+    w.boot();
+    assert_eq!(w.state("svc"), State::Running);
+    w.probe_results
+        .insert("svc".into(), Err("connection refused".into()));
+    w.run_until(Duration::from_secs(60), |w| w.spawns.len() == 2);
+    let snap = w.m.snapshot(w.now);
+    assert_eq!(snap.programs[0].probe_failures, 3);
+    assert_eq!(snap.programs[0].restarts, 1);
+}
+
+#[test]
+fn watchdog_expiry_restarts_and_pings_keep_it_alive() {
+    let mut p = prog("wd");
+    p.readiness.check = ReadinessCheck::Notify;
+    p.watchdog = Some(Duration::from_secs(5));
+    let mut w = World::new(config(vec![p]));
+    w.boot();
+    let id = w.id("wd");
+    let pid = w.m.pid(id).unwrap();
+    w.input(Input::Ready { program: id, pid });
+    for _ in 0..3 {
+        w.now += Duration::from_secs(4);
+        w.input(Input::WatchdogPing { program: id, pid });
+        w.m.handle_timeout(w.now);
+        w.pump();
+    }
+    assert_eq!(w.spawns.len(), 1, "pings keep it alive");
+    w.run_until(Duration::from_secs(60), |w| w.spawns.len() == 2);
+    assert!(
+        w.signals
+            .iter()
+            .any(|(_, n, s)| n == "wd" && *s == Signal::Term)
+    );
+}
+
+#[test]
+fn backoff_resets_after_a_stable_run() {
+    let mut p = prog("p");
+    p.autorestart = AutoRestart::Always;
+    p.backoff.jitter = 0.0;
+    p.backoff.reset_after = Duration::from_secs(30);
+    let mut w = World::new(config(vec![p]));
+    w.crash
+        .insert("p".into(), (Duration::from_secs(2), ExitStatus::Code(0)));
+    w.boot();
+    w.run_until(Duration::from_secs(600), |w| w.spawns.len() == 4);
+    let starts: Vec<Instant> = w.spawns.iter().map(|(t, _)| *t).collect();
+    // delays 100ms, 200ms, 400ms after each 2 s run
+    assert_eq!(starts[1] - starts[0], Duration::from_millis(2100));
+    assert_eq!(starts[3] - starts[2], Duration::from_millis(2400));
+    // a long, stable run resets the attempt counter
+    w.crash
+        .insert("p".into(), (Duration::from_secs(40), ExitStatus::Code(0)));
+    w.run_until(Duration::from_secs(600), |w| w.spawns.len() == 5);
+    w.run_until(Duration::from_secs(600), |w| w.spawns.len() == 6);
+    let s: Vec<Instant> = w.spawns.iter().map(|(t, _)| *t).collect();
+    assert_eq!(s[5] - s[4], Duration::from_millis(40_100));
+}
+
+#[test]
+fn expected_exit_without_restart_is_exited_and_healthy() {
+    let mut p = prog("oneshot");
+    p.autorestart = AutoRestart::Unexpected;
+    p.startsecs = Duration::ZERO;
+    let mut w = World::new(config(vec![p]));
+    w.crash.insert(
+        "oneshot".into(),
+        (Duration::from_millis(5), ExitStatus::Code(0)),
+    );
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.state("oneshot") == State::Exited
+    });
+    assert!(w.m.snapshot(w.now).healthy);
+    assert!(w.exit_code.is_none());
+}
+
+#[test]
+fn critical_unexpected_exit_without_restart_exits_with_its_code() {
+    let mut p = prog("main");
+    p.autorestart = AutoRestart::Never;
+    p.startsecs = Duration::ZERO;
+    let mut w = World::new(config(vec![p]));
+    w.crash.insert(
+        "main".into(),
+        (Duration::from_millis(5), ExitStatus::Signaled(11)),
+    );
+    w.boot();
+    w.run_until(Duration::from_secs(20), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(139));
+}
+
+#[test]
+fn control_stop_start_restart() {
+    let mut w = World::new(config(vec![prog("a")]));
+    w.boot();
+    let id = w.id("a");
+    w.run_until(Duration::from_secs(5), |w| w.state("a") == State::Running);
+    w.input(Input::StopRequested(id));
+    w.run_until(Duration::from_secs(5), |w| w.state("a") == State::Stopped);
+    assert!(
+        w.m.snapshot(w.now).healthy,
+        "stopped on request is not a failure"
+    );
+    w.input(Input::StartRequested(id));
+    assert_eq!(w.spawns.len(), 2);
+    w.run_until(Duration::from_secs(5), |w| w.state("a") == State::Running);
+    w.input(Input::RestartRequested(id));
+    w.run_until(Duration::from_secs(5), |w| w.spawns.len() == 3);
+    assert_eq!(w.m.snapshot(w.now).programs[0].restarts, 2);
+}
+
+#[test]
+fn on_dependency_restart_restart_follows_the_dependency() {
+    let mut db = prog("db");
+    db.autorestart = AutoRestart::Always;
+    db.startsecs = Duration::ZERO;
+    let mut app = prog("app");
+    app.startsecs = Duration::ZERO;
+    app.depends_on = vec![("db".into(), DependencyCondition::Ready)];
+    app.on_dependency_restart = OnDependencyRestart::Restart;
+    let mut w = World::new(config(vec![db, app]));
+    w.boot();
+    assert_eq!(w.state("app"), State::Running);
+    let db_pid = w.m.pid(w.id("db")).unwrap();
+    w.procs.remove(&db_pid);
+    w.input(Input::Exited {
+        pid: db_pid,
+        status: ExitStatus::Signaled(9),
+    });
+    assert!(
+        w.signals.iter().any(|(_, n, _)| n == "app"),
+        "app is stopped when db goes away"
+    );
+    w.run_until(Duration::from_secs(10), |w| {
+        w.spawns.iter().filter(|(_, n)| n == "app").count() == 2
+    });
+    assert_eq!(w.state("db"), State::Running);
+}
+
+#[test]
+fn orphans_get_term_then_kill_before_exit() {
+    let mut w = World::new(config(vec![prog("a")]));
+    w.boot();
+    w.input(Input::ShutdownRequested);
+    // World answers NoChildren at once when no program process is left; check the order.
+    w.run_until(Duration::from_secs(20), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(0));
+}
+
+#[test]
+fn unknown_pids_are_ignored() {
+    let mut w = World::new(config(vec![prog("a")]));
+    w.boot();
+    w.input(Input::Exited {
+        pid: 99999,
+        status: ExitStatus::Code(1),
+    });
+    assert_eq!(w.state("a"), State::Starting);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Advance(u16),
+    KillRandom(u8),
+    Shutdown,
+    Start(u8),
+    Stop(u8),
+    Restart(u8),
+    Ready(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u16..5000).prop_map(Op::Advance),
+        any::<u8>().prop_map(Op::KillRandom),
+        Just(Op::Shutdown),
+        any::<u8>().prop_map(Op::Start),
+        any::<u8>().prop_map(Op::Stop),
+        any::<u8>().prop_map(Op::Restart),
+        any::<u8>().prop_map(Op::Ready),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+    /// Whatever happens, a program never has two live processes, shutdown stops in reverse
+    /// order and ends within `shutdown_timeout`, and Exit comes exactly once.
+    #[test]
+    fn invariants_hold_under_random_events(
+        prios in proptest::collection::vec(0i32..4, 1..6),
+        ignore in proptest::collection::vec(any::<bool>(), 6),
+        ops in proptest::collection::vec(op(), 0..40),
+    ) {
+        let programs: Vec<ProgramConfig> = prios.iter().enumerate().map(|(i, p)| {
+            let mut c = prog(&format!("p{i}"));
+            c.priority = *p;
+            c.critical = i == 0;
+            c.autorestart = AutoRestart::Always;
+            c.stopwaitsecs = Duration::from_secs(2);
+            if i % 3 == 2 { c.readiness.check = ReadinessCheck::Notify; }
+            c
+        }).collect();
+        let n = programs.len();
+        let mut w = World::new(config(programs));
+        for (i, ig) in ignore.iter().enumerate().take(n) {
+            if *ig { w.on_term.insert(format!("p{i}"), OnTerm::Ignore); }
+        }
+        w.boot();
+        let mut shutdown_at = None;
+        for o in ops {
+            if w.exit_code.is_some() { break; }
+            match o {
+                Op::Advance(ms) => {
+                    let target = w.now + Duration::from_millis(ms as u64);
+                    while w.m.poll_timeout().is_some_and(|t| t <= target) || w.procs.values().any(|(_, e)| e.is_some_and(|(t, _)| t <= target)) {
+                        w.step();
+                    }
+                    w.now = target;
+                }
+                Op::KillRandom(k) => {
+                    let pids: Vec<i32> = { let mut v: Vec<i32> = w.procs.keys().copied().collect(); v.sort(); v };
+                    if !pids.is_empty() {
+                        let pid = pids[k as usize % pids.len()];
+                        w.procs.remove(&pid);
+                        w.input(Input::Exited { pid, status: ExitStatus::Signaled(9) });
+                    }
+                }
+                Op::Shutdown => { shutdown_at.get_or_insert(w.now); w.input(Input::ShutdownRequested); }
+                Op::Start(k) => { let id = ProgramId(k as usize % n); w.input(Input::StartRequested(id)); }
+                Op::Stop(k) => { let id = ProgramId(k as usize % n); w.input(Input::StopRequested(id)); }
+                Op::Restart(k) => { let id = ProgramId(k as usize % n); w.input(Input::RestartRequested(id)); }
+                Op::Ready(k) => {
+                    let id = ProgramId(k as usize % n);
+                    if let Some(pid) = w.m.pid(id) { w.input(Input::Ready { program: id, pid }); }
+                }
+            }
+        }
+        if w.exit_code.is_none() {
+            shutdown_at.get_or_insert(w.now);
+            w.input(Input::ShutdownRequested);
+        }
+        let began = shutdown_at.unwrap();
+        let mut guard = 0;
+        while w.exit_code.is_none() {
+            prop_assert!(w.step(), "machine stalled before exit");
+            guard += 1;
+            prop_assert!(guard < 10_000);
+        }
+        prop_assert!(w.exit_at.unwrap() - began <= Duration::from_secs(8) || w.exit_at.unwrap() <= began);
+        prop_assert!(w.procs.is_empty(), "exit with live processes: {:?}", w.procs);
+    }
+}

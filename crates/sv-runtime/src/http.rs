@@ -1,0 +1,190 @@
+//! The optional health and metrics HTTP server (`[supervisor.http]`), for Kubernetes probes,
+//! Docker health checks and Prometheus.
+//!
+//! Endpoints (GET or HEAD only; any other method is 405, any other path 404):
+//! - `/live`: 200 while the supervisor's main loop answers, else 503;
+//! - `/health`: 200 when the supervisor is healthy, else 503; `application/health+json` body
+//!   with one check per program ([`sv_core::health::health_json`]);
+//! - `/ready`: as `/health`, and also 503 once a shutdown is under way, so a load balancer stops
+//!   sending traffic before the programs stop;
+//! - `/metrics`: Prometheus text format ([`sv_core::health::metrics_text`]).
+//!
+//! The server exposes no control verbs: it can only read.
+//!
+//! Every request asks the main loop for a fresh [`Snapshot`] through `ask` (a oneshot reply
+//! channel). That round trip is what proves the loop responsive: no answer within
+//! [`ASK_TIMEOUT`] (or a closed channel) makes `/live`, `/health` and `/ready` answer 503 with
+//! `"supervisor loop not responding"`. The server holds no state of its own.
+//!
+//! Invariants: [`serve`] returns once `shutdown` completes, after aborting open connections; a
+//! failing connection never stops the server; responses are never cached (`no-store`).
+#![forbid(unsafe_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sv_core::health::{
+    HEALTH_CONTENT_TYPE, METRICS_CONTENT_TYPE, health_json, metrics_text, unresponsive_json,
+};
+use sv_core::machine::Snapshot;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+/// How the server asks the main loop for a snapshot: it sends a reply channel.
+pub type Ask = mpsc::Sender<oneshot::Sender<Snapshot>>;
+
+/// How long a request waits for the main loop's snapshot before declaring it unresponsive.
+pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The reason given when the main loop does not answer.
+pub const NOT_RESPONDING: &str = "supervisor loop not responding";
+
+/// Binds `listen` (`host:port`, port 0 picks a free one) and returns the listener with the
+/// address actually bound, for the log and `status`.
+pub async fn bind(listen: &str) -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, ask: Ask, shutdown: impl Future<Output = ()>) {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let ask = ask.clone();
+                    conns.spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(req, ask.clone()));
+                        let served = hyper::server::conn::http1::Builder::new()
+                            // The timer enables hyper's header read timeout (slow clients).
+                            .timer(TokioTimer::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                        if let Err(e) = served {
+                            tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: the listener stays readable, so pause instead of
+                    // spinning; connections in progress free descriptors meanwhile.
+                    tracing::warn!(error = %e, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    conns.shutdown().await;
+}
+
+/// Asks the main loop for a snapshot; `None` when it does not answer in time or is gone.
+async fn ask_snapshot(ask: &Ask) -> Option<Snapshot> {
+    let (tx, rx) = oneshot::channel();
+    let round_trip = async {
+        ask.send(tx).await.ok()?;
+        rx.await.ok()
+    };
+    tokio::time::timeout(ASK_TIMEOUT, round_trip)
+        .await
+        .ok()
+        .flatten()
+}
+
+fn response(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+fn json_response(status: StatusCode, doc: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut body = doc.to_string();
+    body.push('\n');
+    response(status, HEALTH_CONTENT_TYPE, body)
+}
+
+fn ok_or_unavailable(ok: bool) -> StatusCode {
+    if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Routes one request. HEAD is answered like GET; hyper leaves the body out.
+async fn handle(req: Request<Incoming>, ask: Ask) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return Ok(resp);
+    }
+    let path = req.uri().path();
+    if !matches!(path, "/live" | "/health" | "/ready" | "/metrics") {
+        return Ok(response(
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n",
+        ));
+    }
+    let Some(snap) = ask_snapshot(&ask).await else {
+        tracing::warn!(path, "{NOT_RESPONDING}");
+        return Ok(if path == "/metrics" {
+            response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8",
+                format!("{NOT_RESPONDING}\n"),
+            )
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &unresponsive_json(NOT_RESPONDING),
+            )
+        });
+    };
+    Ok(match path {
+        "/live" => json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "pass", "output": "supervisor loop responding" }),
+        ),
+        "/health" => json_response(ok_or_unavailable(snap.healthy), &health_json(&snap)),
+        "/ready" => {
+            let mut doc = health_json(&snap);
+            let ready = snap.healthy && !snap.shutting_down;
+            if snap.shutting_down {
+                doc["status"] = "fail".into();
+                doc["output"] = "shutting down".into();
+            }
+            json_response(ok_or_unavailable(ready), &doc)
+        }
+        _ => response(StatusCode::OK, METRICS_CONTENT_TYPE, metrics_text(&snap)),
+    })
+}

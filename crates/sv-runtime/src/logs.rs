@@ -1,0 +1,553 @@
+//! The log pipeline: programs' stdout/stderr → the supervisor's stdout/stderr, one prefixed
+//! line at a time, plus a bounded in-memory ring of recent lines per program for `logs`.
+//!
+//! Shape: [`LogHub::pipe`] makes a pipe per captured stream and spawns a reader task on its read
+//! end. Readers cut the bytes into lines, record each line in the program's ring buffer and
+//! follower channel, and send it through one bounded channel to a single writer thread that owns
+//! the supervisor's stdout and stderr. One writer means lines from different programs never
+//! interleave mid-line.
+//!
+//! Output formats ([`LogFormat`]):
+//! - text: `{program} | {line}`; lines the program wrote on stderr go to the supervisor's
+//!   stderr with the same prefix (stdout when `redirect_stderr`, see [`LogHub::pipe`]).
+//! - json: one object per line, `{"ts":"<RFC 3339>","program":"x","stream":"stdout","line":"..."}`,
+//!   written to the supervisor's stdout or stderr like text.
+//!
+//! Line rules:
+//! - a line longer than `max_line_bytes` is split into pieces of at most that many bytes, cut
+//!   at a UTF-8 character boundary when the bytes are valid UTF-8. Every piece but the last is
+//!   marked: [`LogLine::partial`] is true, the JSON object gets `"partial":true`, and the text
+//!   line ends with ` …`. The last piece is an ordinary line, so a reader can join pieces back;
+//! - bytes that are not UTF-8 are replaced by U+FFFD (lossy), per piece;
+//! - a trailing `\r` is removed (CRLF programs);
+//! - a last line without a newline is emitted when the program closes the pipe (EOF).
+//!
+//! Invariants:
+//! - **backpressure, never loss**: the reader → writer channel is bounded; when the supervisor's
+//!   stdout is slow, readers wait on the channel, stop reading, the pipe fills and the program
+//!   blocks in `write(2)`, exactly as it would writing to a slow terminal. Nothing is dropped;
+//! - followers (`logs -f`) use a bounded broadcast: a follower that lags skips lines and never
+//!   slows the pipeline;
+//! - the writer never panics: when a write fails (EPIPE after the reader of our stdout went
+//!   away, or any other error) it logs one warning and drops that stream's output from then on;
+//! - blocking writes happen on a dedicated thread, never on the async executor.
+//!
+//! The caller of [`LogHub::pipe`] must close its copy of the returned write end once the child
+//! has it (after spawning), or the reader never sees EOF.
+
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, BufWriter, Write};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use sv_core::config::LogFormat;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+/// Which of a program's output streams a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl Stream {
+    /// `"stdout"` or `"stderr"`, as the JSON format and the control protocol spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// One line of a program's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// When the supervisor read the line.
+    pub ts: jiff::Timestamp,
+    /// The program name.
+    pub program: Arc<str>,
+    /// The stream the line is tagged with (and written to).
+    pub stream: Stream,
+    /// The text, without its newline, lossily decoded.
+    pub line: String,
+    /// A piece of an over-long line that continues in the next [`LogLine`].
+    pub partial: bool,
+}
+
+/// Called with the text of every line (and every piece of a split line) as it is read.
+pub type LineHook = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Lines in flight between the readers and the writer. Small enough that a stalled stdout holds
+/// little memory, large enough to absorb bursts without stalling programs.
+const CHANNEL_LINES: usize = 1024;
+/// Lines a follower may fall behind before it starts skipping.
+const FOLLOW_LINES: usize = 1024;
+/// Bytes read from a pipe at once (the default Linux pipe capacity).
+const READ_BYTES: usize = 64 * 1024;
+/// Buffer of each output stream of the writer.
+const WRITE_BUF: usize = 64 * 1024;
+
+enum Msg {
+    Line(LogLine),
+    Flush(oneshot::Sender<()>),
+}
+
+struct ProgramLog {
+    ring: VecDeque<LogLine>,
+    follow: broadcast::Sender<LogLine>,
+}
+
+struct Inner {
+    ring_lines: usize,
+    max_line_bytes: usize,
+    tx: mpsc::Sender<Msg>,
+    // A std mutex: held only to push or copy a few lines, never across an await.
+    programs: Mutex<HashMap<Arc<str>, ProgramLog>>,
+    readers: watch::Sender<usize>,
+}
+
+/// The log pipeline of one supervisor. Cheap to clone; every clone feeds the same writer.
+#[derive(Clone)]
+pub struct LogHub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LogHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogHub")
+            .field("ring_lines", &self.inner.ring_lines)
+            .field("max_line_bytes", &self.inner.max_line_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogHub {
+    /// A hub writing to the supervisor's own stdout and stderr. Starts the writer thread.
+    pub fn new(format: LogFormat, ring_lines: usize, max_line_bytes: usize) -> LogHub {
+        Self::with_writers(
+            format,
+            ring_lines,
+            max_line_bytes,
+            Box::new(io::stdout()),
+            Box::new(io::stderr()),
+        )
+    }
+
+    /// A hub writing to the given sinks instead of stdout/stderr (tests, benchmarks).
+    pub fn with_writers(
+        format: LogFormat,
+        ring_lines: usize,
+        max_line_bytes: usize,
+        stdout: Box<dyn Write + Send>,
+        stderr: Box<dyn Write + Send>,
+    ) -> LogHub {
+        let (tx, rx) = mpsc::channel(CHANNEL_LINES);
+        let sinks = [Sink::new(stdout, "stdout"), Sink::new(stderr, "stderr")];
+        // A dedicated thread rather than spawn_blocking: it lives as long as the hub and would
+        // otherwise pin a blocking-pool thread; a plain thread also needs no runtime to exist.
+        let spawned = std::thread::Builder::new()
+            .name("sv-log-writer".into())
+            .spawn(move || write_loop(format, rx, sinks));
+        if let Err(e) = spawned {
+            // Without a writer the channel is closed: readers then drop lines instead of blocking
+            // programs forever, and the ring buffers still work.
+            tracing::error!(error = %e, "cannot start the log writer thread; program output is not written");
+        }
+        LogHub {
+            inner: Arc::new(Inner {
+                ring_lines,
+                max_line_bytes: max_line_bytes.max(1),
+                tx,
+                programs: Mutex::new(HashMap::new()),
+                readers: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// Creates a pipe (both ends close-on-exec), starts a reader task on the read end and
+    /// returns the write end, to become the child's stdout or stderr (`dup2` clears
+    /// close-on-exec on the child's copy). Lines are tagged and written as `as_stream`
+    /// (pass [`Stream::Stdout`] for stderr when `redirect_stderr`). `on_line` sees every line.
+    ///
+    /// Must be called inside a tokio runtime (the reader is a task); fails otherwise.
+    pub fn pipe(
+        &self,
+        program: &str,
+        as_stream: Stream,
+        on_line: Option<LineHook>,
+    ) -> io::Result<OwnedFd> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other("log pipe needs a tokio runtime"));
+        }
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let read = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+        let name = self.register(program);
+        self.inner.readers.send_modify(|n| *n += 1);
+        let reader = Reader {
+            inner: self.inner.clone(),
+            program: name,
+            stream: as_stream,
+            on_line,
+        };
+        tokio::spawn(reader.run(read));
+        Ok(write)
+    }
+
+    /// The last `n` lines of `program` (both streams, in the order read). Empty for an unknown
+    /// program.
+    pub fn tail(&self, program: &str, n: usize) -> Vec<LogLine> {
+        let programs = self
+            .inner
+            .programs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        programs.get(program).map_or_else(Vec::new, |p| {
+            p.ring
+                .iter()
+                .skip(p.ring.len().saturating_sub(n))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// Lines of `program` from now on (for `logs -f`). A receiver that falls more than
+    /// 1024 lines behind gets `RecvError::Lagged` and skips; it never slows the pipeline.
+    /// Following a program that has no output yet works: lines arrive once it starts.
+    pub fn follow(&self, program: &str) -> broadcast::Receiver<LogLine> {
+        let name: Arc<str> = Arc::from(program);
+        let mut programs = self
+            .inner
+            .programs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        programs
+            .entry(name)
+            .or_insert_with(ProgramLog::new)
+            .follow
+            .subscribe()
+    }
+
+    /// Waits until every line queued so far has been written and the sinks flushed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Msg::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Waits (at most `grace`) until every pipe reached EOF, then flushes. At exit, after the
+    /// programs are gone, this writes their last lines; `grace` bounds the wait for descendants
+    /// that still hold a pipe open. Returns whether every reader finished.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        let mut readers = self.inner.readers.subscribe();
+        let done = tokio::time::timeout(grace, readers.wait_for(|&n| n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.flush().await;
+        done
+    }
+
+    fn register(&self, program: &str) -> Arc<str> {
+        let mut programs = self
+            .inner
+            .programs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((name, _)) = programs.get_key_value(program) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(program);
+        programs.insert(name.clone(), ProgramLog::new());
+        name
+    }
+}
+
+impl ProgramLog {
+    fn new() -> ProgramLog {
+        ProgramLog {
+            ring: VecDeque::new(),
+            follow: broadcast::Sender::new(FOLLOW_LINES),
+        }
+    }
+}
+
+/// Reads one pipe and cuts it into lines.
+struct Reader {
+    inner: Arc<Inner>,
+    program: Arc<str>,
+    stream: Stream,
+    on_line: Option<LineHook>,
+}
+
+impl Reader {
+    async fn run(self, mut pipe: tokio::net::unix::pipe::Receiver) {
+        let max = self.inner.max_line_bytes;
+        let mut buf = vec![0u8; READ_BYTES];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match pipe.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(program = %self.program, stream = self.stream.name(), error = %e, "reading program output failed");
+                    break;
+                }
+            };
+            let mut chunk = &buf[..n];
+            while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
+                pending.extend_from_slice(&chunk[..i]);
+                self.emit_line(&mut pending).await;
+                chunk = &chunk[i + 1..];
+            }
+            pending.extend_from_slice(chunk);
+            // Bound memory for a program that never writes a newline.
+            while pending.len() > max {
+                self.emit_piece(&mut pending).await;
+            }
+        }
+        if !pending.is_empty() {
+            self.emit_line(&mut pending).await;
+        }
+        self.inner.readers.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Emits `pending` as one complete line (split into pieces if too long) and clears it.
+    async fn emit_line(&self, pending: &mut Vec<u8>) {
+        if pending.last() == Some(&b'\r') {
+            pending.pop();
+        }
+        while pending.len() > self.inner.max_line_bytes {
+            self.emit_piece(pending).await;
+        }
+        let text = String::from_utf8_lossy(pending).into_owned();
+        pending.clear();
+        self.emit(text, false).await;
+    }
+
+    /// Emits the first `max_line_bytes` (or fewer, to end on a character boundary) of
+    /// `pending` as a partial line and removes them.
+    async fn emit_piece(&self, pending: &mut Vec<u8>) {
+        let cut = piece_len(pending, self.inner.max_line_bytes);
+        let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
+        pending.drain(..cut);
+        self.emit(text, true).await;
+    }
+
+    async fn emit(&self, line: String, partial: bool) {
+        if let Some(hook) = &self.on_line {
+            hook(&line);
+        }
+        let line = LogLine {
+            ts: jiff::Timestamp::now(),
+            program: self.program.clone(),
+            stream: self.stream,
+            line,
+            partial,
+        };
+        {
+            let mut programs = self
+                .inner
+                .programs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(p) = programs.get_mut(&self.program) {
+                if self.inner.ring_lines > 0 {
+                    if p.ring.len() >= self.inner.ring_lines {
+                        p.ring.pop_front();
+                    }
+                    p.ring.push_back(line.clone());
+                }
+                // No followers is the normal case, not an error.
+                let _ = p.follow.send(line.clone());
+            }
+        }
+        // Waiting here is the backpressure: see the module doc. An error means the writer is
+        // gone, and then there is nowhere left to write.
+        let _ = self.inner.tx.send(Msg::Line(line)).await;
+    }
+}
+
+/// How many bytes of `bytes` (longer than `max`) go into the next piece: `max`, moved back to
+/// the start of a UTF-8 character when it would cut one (at most 3 bytes back).
+fn piece_len(bytes: &[u8], max: usize) -> usize {
+    let is_continuation = |b: u8| b & 0xC0 == 0x80;
+    let mut cut = max.min(bytes.len());
+    let floor = cut.saturating_sub(3);
+    while cut > floor && cut < bytes.len() && is_continuation(bytes[cut]) {
+        cut -= 1;
+    }
+    if cut == 0 || (cut < bytes.len() && is_continuation(bytes[cut])) {
+        // Not valid UTF-8 there anyway (or max < 4): cut where asked.
+        max.min(bytes.len())
+    } else {
+        cut
+    }
+}
+
+/// One output stream of the writer; after its first failure it drops everything.
+struct Sink {
+    out: BufWriter<Box<dyn Write + Send>>,
+    name: &'static str,
+    broken: bool,
+}
+
+impl Sink {
+    fn new(w: Box<dyn Write + Send>, name: &'static str) -> Sink {
+        Sink {
+            out: BufWriter::with_capacity(WRITE_BUF, w),
+            name,
+            broken: false,
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if !self.broken {
+            let r = self.out.write_all(bytes);
+            self.check(r);
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.broken {
+            let r = self.out.flush();
+            self.check(r);
+        }
+    }
+
+    fn check(&mut self, r: io::Result<()>) {
+        if let Err(e) = r {
+            self.broken = true;
+            tracing::warn!(stream = self.name, error = %e, "cannot write program output; dropping it from now on");
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    ts: String,
+    program: &'a str,
+    stream: &'static str,
+    line: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    partial: bool,
+}
+
+/// Appends the formatted line (with its newline) to `buf`.
+fn format_line(format: LogFormat, l: &LogLine, buf: &mut Vec<u8>) {
+    match format {
+        LogFormat::Text => {
+            buf.extend_from_slice(l.program.as_bytes());
+            buf.extend_from_slice(b" | ");
+            buf.extend_from_slice(l.line.as_bytes());
+            if l.partial {
+                buf.extend_from_slice(" …".as_bytes());
+            }
+        }
+        LogFormat::Json => {
+            let obj = JsonLine {
+                ts: l.ts.to_string(),
+                program: &l.program,
+                stream: l.stream.name(),
+                line: &l.line,
+                partial: l.partial,
+            };
+            // Serialising strings and a bool into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *buf, &obj);
+        }
+    }
+    buf.push(b'\n');
+}
+
+/// The writer thread: formats and writes lines in arrival order, flushing whenever it has
+/// nothing more to do so lines appear promptly without a syscall per line under load.
+fn write_loop(format: LogFormat, mut rx: mpsc::Receiver<Msg>, mut sinks: [Sink; 2]) {
+    let mut last: Option<usize> = None;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                sinks.iter_mut().for_each(Sink::flush);
+                match rx.blocking_recv() {
+                    Some(m) => m,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        match msg {
+            Msg::Line(l) => {
+                let idx = match l.stream {
+                    Stream::Stdout => 0,
+                    Stream::Stderr => 1,
+                };
+                // Keep stdout and stderr lines in order relative to each other when both go to
+                // the same terminal or log collector.
+                if let Some(prev) = last.filter(|&p| p != idx) {
+                    sinks[prev].flush();
+                }
+                last = Some(idx);
+                buf.clear();
+                format_line(format, &l, &mut buf);
+                sinks[idx].write(&buf);
+            }
+            Msg::Flush(done) => {
+                sinks.iter_mut().for_each(Sink::flush);
+                let _ = done.send(());
+            }
+        }
+    }
+    sinks.iter_mut().for_each(Sink::flush);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_end_on_character_boundaries() {
+        let s = "aé€😀".repeat(10);
+        let b = s.as_bytes();
+        for max in 4..20 {
+            let cut = piece_len(b, max);
+            assert!(cut <= max && cut + 3 >= max, "max {max} cut {cut}");
+            assert!(s.is_char_boundary(cut), "max {max} cut {cut}");
+        }
+    }
+
+    #[test]
+    fn invalid_bytes_are_cut_where_asked() {
+        let b = [0x80u8; 10];
+        assert_eq!(piece_len(&b, 4), 4);
+        assert_eq!(piece_len(&b, 1), 1);
+    }
+
+    #[test]
+    fn text_and_json_shapes() {
+        let l = LogLine {
+            ts: jiff::Timestamp::UNIX_EPOCH,
+            program: Arc::from("web"),
+            stream: Stream::Stderr,
+            line: "a \"b\"".into(),
+            partial: true,
+        };
+        let mut buf = Vec::new();
+        format_line(LogFormat::Text, &l, &mut buf);
+        assert_eq!(String::from_utf8_lossy(&buf), "web | a \"b\" …\n");
+        buf.clear();
+        format_line(LogFormat::Json, &l, &mut buf);
+        assert_eq!(
+            String::from_utf8_lossy(&buf),
+            "{\"ts\":\"1970-01-01T00:00:00Z\",\"program\":\"web\",\"stream\":\"stderr\",\"line\":\"a \\\"b\\\"\",\"partial\":true}\n"
+        );
+    }
+}

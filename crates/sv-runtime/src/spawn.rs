@@ -1,0 +1,464 @@
+//! Starting programs and exec probes with a clean process state.
+//!
+//! Every child this module starts:
+//! - leads its own session and process group (pgid == sid == pid), so a group signal reaches
+//!   everything it started and nothing of the supervisor's;
+//! - starts with default dispositions for every signal and an empty signal mask, whatever the
+//!   supervisor ignores or blocks (std resets only SIGPIPE and keeps the parent's mask);
+//! - inherits no descriptor but 0, 1 and 2: every fd ≥ 3 is marked close-on-exec in the child, so
+//!   descriptors opened by any thread without `O_CLOEXEC` never leak into a program;
+//! - gets, in this order, its umask, its user (supplementary groups, then gid, then uid), its
+//!   working directory (entered as the new user, as supervisord does) and its environment:
+//!   the supervisor's, then HOME/USER/LOGNAME of `user`, then `environment`, then the caller's
+//!   extra variables (later wins).
+//!
+//! Nothing here waits for a child: exit statuses belong to the one reaper ([`crate::reap`]), and
+//! the `std::process::Child` is dropped at once (dropping neither waits nor kills). The one
+//! exception is std's own: when the exec fails, `Command::spawn` waits for that child itself
+//! (its pid is never returned) and panics if someone else reaped it first, so [`spawn`] and
+//! [`crate::reap::reap`] hold the same lock.
+//!
+//! fork(2) in a multi-threaded process leaves the child with one thread and possibly locked
+//! allocator mutexes, so everything that allocates or reads `/etc/passwd` and `/etc/group`
+//! happens in the parent before spawning; the `pre_exec` closure makes only async-signal-safe
+//! system calls and never allocates.
+//!
+//! std carries only an errno back from a failed child, so the closure tags the errno with the
+//! step that failed (`step << 16 | errno`) and [`spawn`] turns it into a message; an untagged
+//! errno is the exec's own.
+//!
+//! PATH: std runs `execvp` after installing the child's environment, so a bare command name is
+//! looked up in the PATH the program will see (its own `environment` may change it); glibc falls
+//! back to `/bin:/usr/bin` when PATH is unset.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::{Gid, Uid, User};
+use sv_core::config::ProgramConfig;
+
+/// What to start: a program from the config, its output destinations and extra variables.
+#[derive(Debug)]
+pub struct SpawnRequest<'a> {
+    /// The program: `command`, `directory`, `environment`, `user`, `umask` are applied.
+    pub program: &'a ProgramConfig,
+    /// Added after the program's own environment (NOTIFY_SOCKET, IOT2MQTT_SV_PROGRAM, ...).
+    pub extra_env: &'a [(String, String)],
+    /// `Stdio::inherit()` or `Stdio::from(OwnedFd)` (a pipe's write end; the parent's copy is
+    /// closed when the spawn returns).
+    pub stdout: Stdio,
+    /// Like `stdout`.
+    pub stderr: Stdio,
+}
+
+/// A program could not be started. This is a failed start of that program, never a failure of
+/// the supervisor.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct SpawnError {
+    /// Lower-case, with the OS reason, e.g. `command not found: /usr/bin/x`. The program's name
+    /// is not included: the caller adds it.
+    pub reason: String,
+    /// The shell's convention: 127 command not found, 126 found but not executable, 1 anything
+    /// else (bad user, bad directory, fork failure).
+    pub code: i32,
+}
+
+impl SpawnError {
+    fn other(reason: impl Into<String>) -> SpawnError {
+        SpawnError {
+            reason: reason.into(),
+            code: 1,
+        }
+    }
+}
+
+/// Starts a program and returns its pid. The exit status arrives through [`crate::reap::reap`].
+pub fn spawn(req: SpawnRequest<'_>) -> Result<i32, SpawnError> {
+    let program = req.program;
+    let mut setup = ChildSetup::base();
+    setup.umask = program.umask.map(|m| (m & 0o7777) as libc::mode_t);
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    if let Some(spec) = &program.user {
+        let user = resolve_user(spec)?;
+        env.push(("HOME".into(), user.home));
+        env.push(("USER".into(), user.name.clone()));
+        env.push(("LOGNAME".into(), user.name));
+        setup.ids = user.switch;
+    }
+    env.extend(program.environment.iter().cloned());
+    env.extend(req.extra_env.iter().cloned());
+
+    if let Some(dir) = &program.directory {
+        setup.dir = Some(CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+            SpawnError::other(format!("directory {}: contains a NUL byte", dir.display()))
+        })?);
+        setup.dir_display = dir.display().to_string();
+    }
+    if let Some(spec) = &program.user {
+        setup.user_display = spec.clone();
+    }
+
+    launch(&program.command, &env, setup, req.stdout, req.stderr)
+}
+
+/// For exec readiness/liveness probes: spawns `argv` (no shell) in its own session with
+/// stdin/stdout/stderr = /dev/null and the same hygiene as [`spawn`], with `env` added to the
+/// supervisor's environment. The caller routes its exit status via the reaper and may kill its
+/// group on timeout.
+pub fn spawn_probe(argv: &[String], env: &[(String, String)]) -> Result<i32, SpawnError> {
+    launch(argv, env, ChildSetup::base(), Stdio::null(), Stdio::null())
+}
+
+/// Everything the child applies between fork and exec, computed in the parent.
+#[derive(Debug)]
+struct ChildSetup {
+    umask: Option<libc::mode_t>,
+    ids: Option<Ids>,
+    dir: Option<CString>,
+    /// Upper bound for the close-on-exec fallback loop (RLIMIT_NOFILE soft limit).
+    fd_limit: libc::c_int,
+    dir_display: String,
+    user_display: String,
+}
+
+#[derive(Debug)]
+struct Ids {
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+}
+
+impl ChildSetup {
+    fn base() -> ChildSetup {
+        let fd_limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map(|(soft, _)| soft.min(i32::MAX as u64) as libc::c_int)
+            .unwrap_or(1024);
+        ChildSetup {
+            umask: None,
+            ids: None,
+            dir: None,
+            fd_limit,
+            dir_display: String::new(),
+            user_display: String::new(),
+        }
+    }
+}
+
+/// The steps of the child set-up, as tags on the errno std sends back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+enum Step {
+    Setsid = 1,
+    Groups = 2,
+    Gid = 3,
+    Uid = 4,
+    Chdir = 5,
+    Fds = 6,
+    Mask = 7,
+}
+
+const STEP_SHIFT: i32 = 16;
+
+impl Step {
+    fn from_tag(tag: i32) -> Option<Step> {
+        [
+            Step::Setsid,
+            Step::Groups,
+            Step::Gid,
+            Step::Uid,
+            Step::Chdir,
+            Step::Fds,
+            Step::Mask,
+        ]
+        .into_iter()
+        .find(|s| *s as i32 == tag)
+    }
+
+    /// The current errno, tagged with this step. Allocation-free (safe after fork).
+    fn fail(self) -> io::Error {
+        io::Error::from_raw_os_error(((self as i32) << STEP_SHIFT) | Errno::last_raw())
+    }
+}
+
+fn launch(
+    argv: &[String],
+    env: &[(String, String)],
+    setup: ChildSetup,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<i32, SpawnError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(SpawnError::other("empty command"));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+
+    let dir_display = setup.dir_display.clone();
+    let user_display = setup.user_display.clone();
+    // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
+    // system calls (setsid, rt_sigaction, umask, setgroups/setgid/setuid, chdir, close_range/fcntl,
+    // sigprocmask) on data prepared by the parent, and never allocates, locks or panics: its
+    // errors are plain errnos.
+    unsafe {
+        cmd.pre_exec(move || child_setup(&setup));
+    }
+
+    // The process lock keeps the reaper from stealing the status of a child whose exec failed,
+    // which std waits for itself (see the module docs).
+    let _lock = crate::reap::process_lock();
+    // Block every signal in this thread across fork: until the child has reset its dispositions,
+    // a signal sent to it (Ctrl-C to our process group) would run the supervisor's handlers in
+    // the child and write to the supervisor's own signal pipes. The child unblocks them last.
+    let saved = SigSet::all().thread_swap_mask(SigmaskHow::SIG_SETMASK).ok();
+    let result = cmd.spawn();
+    if let Some(saved) = saved {
+        // Restoring a mask we just read cannot fail; if it did, the old mask stays blocked-all,
+        // which delays signals rather than losing them.
+        let _ = saved.thread_set_mask();
+    }
+    drop(_lock);
+
+    match result {
+        Ok(child) => {
+            let pid = child.id() as i32;
+            // Dropping the Child neither waits nor kills: the reaper owns the exit status.
+            drop(child);
+            tracing::debug!(pid, command = %program, "spawned");
+            Ok(pid)
+        }
+        Err(e) => Err(describe(&e, program, &dir_display, &user_display)),
+    }
+}
+
+/// Runs in the forked child; see the SAFETY comment at the call site.
+fn child_setup(p: &ChildSetup) -> io::Result<()> {
+    nix::unistd::setsid().map_err(|_| Step::Setsid.fail())?;
+    if let Some(mask) = p.umask {
+        // SAFETY: umask(2) cannot fail and touches no memory.
+        unsafe { libc::umask(mask) };
+    }
+    if let Some(ids) = &p.ids {
+        // setgroups before setgid before setuid: once the uid is dropped the others are denied.
+        // SAFETY: the pointer and length describe a live Vec owned by the closure.
+        if unsafe { libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) } != 0 {
+            return Err(Step::Groups.fail());
+        }
+        // SAFETY: plain system calls on integers.
+        if unsafe { libc::setgid(ids.gid) } != 0 {
+            return Err(Step::Gid.fail());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::setuid(ids.uid) } != 0 {
+            return Err(Step::Uid.fail());
+        }
+    }
+    if let Some(dir) = &p.dir {
+        // SAFETY: `dir` is a NUL-terminated string owned by the closure.
+        if unsafe { libc::chdir(dir.as_ptr()) } != 0 {
+            return Err(Step::Chdir.fail());
+        }
+    }
+    mark_fds_cloexec(p.fd_limit)?;
+    // Every signal but glibc's two internal ones is blocked until the mask is emptied, so no
+    // handler of ours can run here whatever the order; resetting after the user switch keeps
+    // glibc's set-id machinery untouched while it may still need its signal.
+    reset_dispositions();
+    // Last, so no signal is delivered before every disposition is back to default.
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|_| Step::Mask.fail())?;
+    Ok(())
+}
+
+/// Sets every catchable signal (1..=64, standard and real-time) to SIG_DFL. exec resets handled
+/// signals anyway, but ignored ones survive exec (signal(7)).
+///
+/// The raw `rt_sigaction` system call is used because glibc's `sigaction` refuses its two
+/// internal real-time signals (32 and 33) with EINVAL, and an ignored signal 32 inherited from
+/// whoever started us would otherwise be passed on to every program.
+fn reset_dispositions() {
+    // The kernel's `struct sigaction` (handler, flags, restorer, mask in some arch-specific
+    // order): all zeroes is SIG_DFL with no flags and an empty mask on every layout.
+    let dfl = [0u64; 4];
+    // The kernel's sigset size in bytes (_NSIG / 8).
+    const SIGSET_SIZE: usize = if cfg!(any(target_arch = "mips", target_arch = "mips64")) {
+        16
+    } else {
+        8
+    };
+    for signo in 1..=64 {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: rt_sigaction(2) reads `dfl` (a live local at least as large as the kernel's
+        // struct) and writes nothing (old action pointer is null); it is a plain system call,
+        // async-signal-safe. Failure is impossible for 1..=64 except KILL/STOP, skipped above.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signo as libc::c_long,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                SIGSET_SIZE,
+            );
+        }
+    }
+}
+
+/// Marks every descriptor ≥ 3 close-on-exec. Marking rather than closing keeps std's own
+/// exec-status pipe (already close-on-exec) working.
+fn mark_fds_cloexec(limit: libc::c_int) -> io::Result<()> {
+    // SAFETY: close_range(2) only changes descriptor flags; no memory is passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // ENOSYS before Linux 5.9, EINVAL before 5.11 (no CLOSE_RANGE_CLOEXEC). Reading
+    // /proc/self/fd would allocate, so walk every possible descriptor instead.
+    for fd in 3..limit {
+        // SAFETY: fcntl(2) on an arbitrary integer only fails with EBADF when it is not open.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags >= 0
+            && flags & libc::FD_CLOEXEC == 0
+            // SAFETY: as above.
+            && unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } != 0
+        {
+            return Err(Step::Fds.fail());
+        }
+    }
+    Ok(())
+}
+
+/// Turns std's spawn error (possibly tagged with a [`Step`]) into a [`SpawnError`].
+fn describe(e: &io::Error, program: &str, dir: &str, user: &str) -> SpawnError {
+    let Some(raw) = e.raw_os_error() else {
+        // Not from the child: e.g. a NUL byte in an argument or variable.
+        return SpawnError::other(format!("cannot start {program}: {e}"));
+    };
+    let errno = raw & ((1 << STEP_SHIFT) - 1);
+    let reason = Errno::from_raw(errno).desc();
+    match Step::from_tag(raw >> STEP_SHIFT) {
+        Some(Step::Chdir) => SpawnError::other(format!("directory {dir}: {reason}")),
+        Some(Step::Groups) => {
+            SpawnError::other(format!("setting the groups of user {user}: {reason}"))
+        }
+        Some(Step::Gid) => SpawnError::other(format!("setting the group of user {user}: {reason}")),
+        Some(Step::Uid) => SpawnError::other(format!("switching to user {user}: {reason}")),
+        Some(Step::Setsid) => SpawnError::other(format!("creating a session: {reason}")),
+        Some(Step::Fds) => SpawnError::other(format!("closing inherited descriptors: {reason}")),
+        Some(Step::Mask) => SpawnError::other(format!("resetting the signal mask: {reason}")),
+        None => match Errno::from_raw(errno) {
+            Errno::ENOENT => {
+                // An existing file that exec calls "missing" lacks its interpreter (#! line or
+                // ELF loader); say so rather than "not found".
+                let exists = program.contains('/') && Path::new(program).exists();
+                if exists {
+                    SpawnError {
+                        reason: format!(
+                            "cannot execute {program}: its interpreter is missing ({reason})"
+                        ),
+                        code: 127,
+                    }
+                } else {
+                    SpawnError {
+                        reason: format!("command not found: {program}"),
+                        code: 127,
+                    }
+                }
+            }
+            Errno::EACCES | Errno::EPERM | Errno::ENOEXEC | Errno::EISDIR | Errno::ETXTBSY => {
+                SpawnError {
+                    reason: format!("cannot execute {program}: {reason}"),
+                    code: 126,
+                }
+            }
+            _ => SpawnError::other(format!("cannot start {program}: {reason}")),
+        },
+    }
+}
+
+/// A resolved `user`: environment values, and the ids to switch to (None when we already are
+/// that user and cannot switch anyway).
+struct ResolvedUser {
+    name: String,
+    home: String,
+    switch: Option<Ids>,
+}
+
+/// Resolves a user name or numeric uid against the passwd database, in the parent.
+///
+/// A numeric uid without a passwd entry is accepted (common in containers): it runs with
+/// gid = uid, no supplementary groups, HOME=/ and USER/LOGNAME set to the number.
+fn resolve_user(spec: &str) -> Result<ResolvedUser, SpawnError> {
+    let lookup_err =
+        |e: Errno| SpawnError::other(format!("looking up user {spec:?}: {}", e.desc()));
+    let entry = match spec.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid))
+            .map_err(lookup_err)?
+            .ok_or(uid),
+        Err(_) => match User::from_name(spec).map_err(lookup_err)? {
+            Some(u) => Ok(u),
+            None => return Err(SpawnError::other(format!("unknown user {spec:?}"))),
+        },
+    };
+    let (name, home, uid, gid, groups) = match entry {
+        Ok(u) => {
+            let cname = CString::new(u.name.as_bytes()).map_err(|_| {
+                SpawnError::other(format!("user {spec:?}: name contains a NUL byte"))
+            })?;
+            let groups = nix::unistd::getgrouplist(&cname, u.gid).map_err(|e| {
+                SpawnError::other(format!("reading the groups of user {spec:?}: {}", e.desc()))
+            })?;
+            let home = u.dir.as_os_str();
+            (
+                u.name.clone(),
+                String::from_utf8_lossy(OsStr::as_bytes(home)).into_owned(),
+                u.uid,
+                u.gid,
+                groups.into_iter().map(Gid::as_raw).collect(),
+            )
+        }
+        Err(uid) => (
+            uid.to_string(),
+            "/".to_string(),
+            Uid::from_raw(uid),
+            Gid::from_raw(uid),
+            Vec::new(),
+        ),
+    };
+    let euid = nix::unistd::geteuid();
+    let switch = if euid.is_root() {
+        Some(Ids {
+            uid: uid.as_raw(),
+            gid: gid.as_raw(),
+            groups,
+        })
+    } else if euid == uid {
+        None
+    } else {
+        return Err(SpawnError::other(format!(
+            "cannot switch to user {spec:?} (uid {uid}): the supervisor is not running as root"
+        )));
+    };
+    Ok(ResolvedUser { name, home, switch })
+}
