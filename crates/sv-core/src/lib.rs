@@ -14,5 +14,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod health;
 pub mod machine;
+pub mod notify;
 pub mod signal;
