@@ -1,2 +1,376 @@
-//! The `iot2mqtt-sv` binary: argument parsing and exit codes only; all logic lives in the crates.
-fn main() {}
+//! The `iot2mqtt-sv` binary: argument parsing, config loading and exit codes only; every
+//! behaviour lives in the library crates (`sv-runtime`, `sv-bridge`, `sv-import`).
+//!
+//! Exit codes: 0 success (or healthy); 1 failure, unhealthy, or supervisor unreachable;
+//! 2 usage or config errors (unknown program, invalid config, bad arguments). `run` exits with
+//! 0 after a requested shutdown, or with a critical program's exit code when its failure caused
+//! the shutdown.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sv_core::config::{self, Config, LogFormat};
+use sv_runtime::client;
+use sv_runtime::control::Request;
+
+const DEFAULT_CONFIG: &str = "/etc/iot2mqtt-sv.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "iot2mqtt-sv",
+    version,
+    about = "A PID-1 process supervisor and MQTT bridge for IoT2MQTT connector containers"
+)]
+struct Cli {
+    /// Control socket of the running supervisor (client verbs; `run` also honours it).
+    #[arg(
+        short = 's',
+        long = "socket",
+        env = "IOT2MQTT_SV_SOCKET",
+        global = true
+    )]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the supervisor (the container ENTRYPOINT).
+    Run(ConfigArg),
+    /// Validate a config and print every problem (exit 0 valid, 2 invalid).
+    Check(ConfigArg),
+    /// Show every program's state.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start programs (names, or `all`) and wait until they are ready.
+    Start(Names),
+    /// Stop programs (names, or `all`) and wait until they have exited.
+    Stop(Names),
+    /// Restart programs (names, or `all`).
+    Restart(Names),
+    /// Send a signal (e.g. HUP) to programs' process groups.
+    Signal {
+        /// Signal name, with or without `SIG`.
+        signal: String,
+        #[command(flatten)]
+        names: Names,
+    },
+    /// Print the supervisor's pid, or a program's.
+    Pid {
+        /// Program name.
+        name: Option<String>,
+    },
+    /// Print a program's recent output.
+    Logs {
+        /// Program name.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent lines.
+        #[arg(short = 'n', long = "lines", default_value_t = 50)]
+        lines: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 when healthy, 1 when not (the Docker HEALTHCHECK command).
+    Health {
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the MQTT bridge (started by the supervisor when the config has a [bridge] table).
+    Bridge(ConfigArg),
+    /// Send one message to the bridge from a shell: `publish state DEVICE '{"on":true}'`.
+    Publish {
+        /// KIND and its arguments (see docs/protocol.md).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+    /// Translate a supervisord config into iot2mqtt-sv TOML.
+    ImportSupervisord {
+        /// The supervisord config file.
+        file: PathBuf,
+        /// Write the TOML here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Config file [default: $IOT2MQTT_SV_CONFIG, else /etc/iot2mqtt-sv.toml].
+    #[arg(short = 'c', long = "config")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct Names {
+    /// Program names, or `all`.
+    #[arg(required = true)]
+    names: Vec<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+fn config_path(arg: &ConfigArg) -> PathBuf {
+    arg.config
+        .clone()
+        .or_else(|| std::env::var_os("IOT2MQTT_SV_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok()
+}
+
+/// Reads and validates a config; on failure prints every problem and returns exit code 2.
+fn load(path: &Path) -> Result<Config, u8> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("iot2mqtt-sv: error: reading config {}: {e}", path.display());
+        2
+    })?;
+    config::parse(&text, path, &env).map_err(|errors| {
+        for d in &errors.0 {
+            eprintln!("iot2mqtt-sv: error: {d}");
+        }
+        2
+    })
+}
+
+/// The control socket for client verbs: `-s`/`$IOT2MQTT_SV_SOCKET`, else the one named in the
+/// config (if it can be read), else the default.
+fn client_socket(cli_socket: Option<PathBuf>) -> PathBuf {
+    if let Some(s) = cli_socket {
+        return s;
+    }
+    let path = config_path(&ConfigArg { config: None });
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| config::parse(&t, &path, &env).ok())
+        .map(|c| c.supervisor.control_socket)
+        .unwrap_or_else(|| PathBuf::from("/run/iot2mqtt-sv/control.sock"))
+}
+
+/// `LOG_LEVEL` as the platform spells it (DEBUG, INFO, WARNING, ERROR, CRITICAL).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let level = match env("LOG_LEVEL")
+        .map(|l| l.trim().to_ascii_uppercase())
+        .as_deref()
+    {
+        Some("TRACE") => "trace",
+        Some("DEBUG") => "debug",
+        Some("WARNING" | "WARN") => "warn",
+        Some("ERROR" | "CRITICAL") => "error",
+        _ => "info",
+    };
+    tracing_subscriber::EnvFilter::new(level)
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(log_filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
+    let path = config_path(arg);
+    let mut cfg = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_tracing(cfg.supervisor.log_format);
+    let control_socket = cli_socket.unwrap_or_else(|| cfg.supervisor.control_socket.clone());
+    let mut extra_env = Vec::new();
+    if let Some(section) = cfg.bridge.clone() {
+        let socket = section
+            .socket
+            .clone()
+            .unwrap_or_else(|| control_socket.with_file_name("bridge.sock"));
+        extra_env.push((
+            "IOT2MQTT_SV_BRIDGE_SOCKET".to_string(),
+            socket.display().to_string(),
+        ));
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("iot2mqtt-sv"));
+        let abs = std::path::absolute(&path).unwrap_or(path.clone());
+        sv_runtime::supervisor::add_bridge_program(
+            &mut cfg,
+            vec![
+                exe.display().to_string(),
+                "bridge".into(),
+                "-c".into(),
+                abs.display().to_string(),
+            ],
+        );
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("iot2mqtt-sv: error: starting the runtime: {e}");
+            return 1;
+        }
+    };
+    let code = rt.block_on(sv_runtime::supervisor::run(
+        sv_runtime::supervisor::Options {
+            config: cfg,
+            control_socket,
+            extra_env,
+        },
+    ));
+    code.clamp(0, 255) as u8
+}
+
+fn check(arg: &ConfigArg) -> u8 {
+    let path = config_path(arg);
+    match load(&path) {
+        Ok(cfg) => {
+            let bridge = if cfg.bridge.is_some() {
+                " and the MQTT bridge"
+            } else {
+                ""
+            };
+            println!(
+                "{}: ok: {} programs{bridge}",
+                path.display(),
+                cfg.programs.len()
+            );
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+fn import(file: &Path, output: Option<&Path>) -> u8 {
+    match sv_import::import_file(file, &env) {
+        Ok(imp) => {
+            for w in &imp.warnings {
+                eprintln!("{w}");
+            }
+            let written = match output {
+                Some(out) => std::fs::write(out, &imp.toml)
+                    .map_err(|e| format!("writing {}: {e}", out.display())),
+                None => std::io::stdout()
+                    .write_all(imp.toml.as_bytes())
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("iot2mqtt-sv: error: {e}");
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("iot2mqtt-sv: error: {msg}");
+            2
+        }
+    }
+}
+
+fn client_result(r: Result<i32, client::ClientError>) -> u8 {
+    match r {
+        Ok(code) => code as u8,
+        Err(e) => {
+            eprintln!("iot2mqtt-sv: error: {e}");
+            1
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let code = match cli.command {
+        Command::Run(arg) => run(cli.socket, &arg),
+        Command::Check(arg) => check(&arg),
+        Command::Bridge(arg) => sv_bridge::main_bridge(&config_path(&arg)).clamp(0, 255) as u8,
+        Command::Publish { args } => sv_bridge::main_publish(&args).clamp(0, 255) as u8,
+        Command::ImportSupervisord { file, output } => import(&file, output.as_deref()),
+        Command::Health { json } => {
+            client::health(&client_socket(cli.socket), json, &mut out) as u8
+        }
+        Command::Status { json } => client_result(client::status(
+            &client_socket(cli.socket),
+            json,
+            &mut out,
+            &mut err,
+        )),
+        Command::Start(n) => client_result(client::control(
+            &client_socket(cli.socket),
+            &Request::Start { programs: n.names },
+            n.json,
+            &mut out,
+            &mut err,
+        )),
+        Command::Stop(n) => client_result(client::control(
+            &client_socket(cli.socket),
+            &Request::Stop { programs: n.names },
+            n.json,
+            &mut out,
+            &mut err,
+        )),
+        Command::Restart(n) => client_result(client::control(
+            &client_socket(cli.socket),
+            &Request::Restart { programs: n.names },
+            n.json,
+            &mut out,
+            &mut err,
+        )),
+        Command::Signal { signal, names } => client_result(client::control(
+            &client_socket(cli.socket),
+            &Request::Signal {
+                signal,
+                programs: names.names,
+            },
+            names.json,
+            &mut out,
+            &mut err,
+        )),
+        Command::Pid { name } => client_result(client::pid(
+            &client_socket(cli.socket),
+            name,
+            &mut out,
+            &mut err,
+        )),
+        Command::Logs {
+            name,
+            follow,
+            lines,
+            json,
+        } => client_result(client::logs(
+            &client_socket(cli.socket),
+            name,
+            lines,
+            follow,
+            json,
+            &mut out,
+            &mut err,
+        )),
+    };
+    ExitCode::from(code)
+}

@@ -951,7 +951,9 @@ impl Machine {
         p.pid = None;
         p.last_exit = Some(status.code());
         let was_running = p.state == State::Running;
-        self.events.push_back(Event::Exited { program: id, pid, status, expected });
+        // An exit we asked for is expected, whatever its status.
+        let asked = p.stop_intent.as_ref().is_some_and(|i| matches!(i, StopIntent::User | StopIntent::Restart | StopIntent::Shutdown | StopIntent::Dependency(_)));
+        self.events.push_back(Event::Exited { program: id, pid, status, expected: expected || asked });
         if was_running {
             self.dependency_left(now, id);
         }

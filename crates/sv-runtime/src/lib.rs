@@ -1,10 +1,15 @@
 //! IO runtime of iot2mqtt-sv: drives the pure [`sv_core::machine`] with real processes,
 //! signals, pipes and sockets.
 
+pub mod client;
+pub mod control;
 pub mod http;
 pub mod logs;
 pub mod notify;
 pub mod probe;
 pub mod reap;
+mod server;
 pub mod signals;
 pub mod spawn;
+pub mod supervisor;
+pub mod usage;

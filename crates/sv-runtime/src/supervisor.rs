@@ -1,0 +1,1054 @@
+//! The supervisor's main loop: one task owns the [`Machine`] and every piece of mutable state.
+//!
+//! Everything else — signal delivery, the control socket's connections, sd_notify sockets,
+//! log-line readiness, tcp/http probes, the HTTP server — runs in its own task and talks to
+//! this loop through channels; the loop publishes a [`Snapshot`] on a `watch` channel after
+//! every change. Nothing locks the machine from outside (house style: one owner, messages in,
+//! snapshots out).
+//!
+//! The loop sleeps until something happens: a signal, a message, or the machine's next timer
+//! ([`Machine::poll_timeout`]). There is no periodic tick.
+//!
+//! Reaping: this loop is the only caller of `waitpid` (through [`crate::reap::reap`]) and routes
+//! every status by pid: to the machine for programs, to the pending exec probe for probes, and
+//! nowhere for orphans, which are simply collected.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use signal_hook::consts::signal::{
+    SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
+};
+use sv_core::config::{Config, OutputMode, ProgramConfig, ReadinessCheck};
+use sv_core::machine::{Action, Event, Input, Machine, ProbeKind, ProgramId, Snapshot};
+use sv_core::notify::Notify;
+use sv_core::signal::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::control::{Request, code, error_reply, ok_reply};
+use crate::logs::{LineHook, LogHub, Stream};
+use crate::notify::NotifySocket;
+use crate::reap::{self, ReaperMode};
+use crate::{probe, signals, spawn};
+
+/// How the supervisor is to run.
+#[derive(Debug)]
+pub struct Options {
+    /// The validated config (with the bridge program already added when configured).
+    pub config: Config,
+    /// The control socket path (config value, or `$IOT2MQTT_SV_SOCKET`).
+    pub control_socket: PathBuf,
+    /// Added to every program's environment (e.g. `IOT2MQTT_SV_BRIDGE_SOCKET`).
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// A message from a helper task to the loop.
+#[derive(Debug)]
+pub(crate) enum Internal {
+    Notify {
+        program: ProgramId,
+        messages: Vec<Notify>,
+    },
+    LogMatched {
+        program: ProgramId,
+    },
+    Probe {
+        program: ProgramId,
+        pid: i32,
+        kind: ProbeKind,
+        result: Result<(), String>,
+    },
+}
+
+/// A control request forwarded to the loop by a connection task.
+#[derive(Debug)]
+pub(crate) struct ControlMsg {
+    pub(crate) request: Request,
+    pub(crate) reply: oneshot::Sender<serde_json::Value>,
+}
+
+/// A control request's outcome: a reply now, or a wait for programs to reach a goal.
+#[derive(Debug)]
+enum Answer {
+    Now(serde_json::Value),
+    Wait(Vec<ProgramId>, Goal),
+}
+
+/// What a pending `start`/`stop`/`restart` waits for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Goal {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    ids: Vec<ProgramId>,
+    goal: Goal,
+    deadline: Instant,
+    reply: oneshot::Sender<serde_json::Value>,
+}
+
+#[derive(Debug)]
+struct ExecProbe {
+    program: ProgramId,
+    pid: i32,
+    kind: ProbeKind,
+    deadline: Instant,
+}
+
+/// How long a `start`/`stop`/`restart` request waits for its goal before answering anyway.
+const CONTROL_WAIT: Duration = Duration::from_secs(60);
+/// How long output still held by pipes may take to arrive when the supervisor exits.
+const LOG_DRAIN: Duration = Duration::from_millis(500);
+/// Per-attempt bound of a readiness probe (the overall bound is the readiness `timeout`).
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The environment variables every program gets.
+pub const ENV_PROGRAM: &str = "IOT2MQTT_SV_PROGRAM";
+/// The control socket path, for programs and the bridge.
+pub const ENV_SOCKET: &str = "IOT2MQTT_SV_SOCKET";
+
+struct Supervisor {
+    machine: Machine,
+    mode: ReaperMode,
+    logs: LogHub,
+    control_socket: PathBuf,
+    extra_env: Vec<(String, String)>,
+    notify_paths: HashMap<ProgramId, PathBuf>,
+    internal_tx: mpsc::Sender<Internal>,
+    probes: HashMap<i32, ExecProbe>,
+    waiters: Vec<Waiter>,
+    snapshot_tx: watch::Sender<Snapshot>,
+    http_addr: Option<String>,
+    exit: Option<i32>,
+}
+
+/// Runs the supervisor until it has shut down; returns the process exit code.
+///
+/// Must be called on a tokio runtime, from the process that is to supervise (PID 1 or not).
+pub async fn run(opts: Options) -> i32 {
+    let mode = match reap::init() {
+        Ok(m) => m,
+        Err(e) => {
+            // Without subreaper status orphans escape to the host's init; supervising still works.
+            warn!(error = %e, "cannot become a child subreaper; orphans will not be reaped here");
+            ReaperMode::Subreaper
+        }
+    };
+    info!(mode = ?mode, programs = opts.config.programs.len(), "supervisor starting");
+
+    // Signals first, so a SIGTERM during start-up is a shutdown and not lost.
+    let mut sigs = match signal_hook_tokio::Signals::new([
+        SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return 1;
+        }
+    };
+
+    let settings = &opts.config.supervisor;
+    let logs = LogHub::new(
+        settings.log_format,
+        settings.log_buffer_lines,
+        settings.max_line_bytes,
+    );
+    let (internal_tx, mut internal_rx) = mpsc::channel::<Internal>(1024);
+    let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(64);
+    let (ask_tx, mut ask_rx) = mpsc::channel::<oneshot::Sender<Snapshot>>(64);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let machine = Machine::new(&opts.config, seed());
+    let (snapshot_tx, snapshot_rx) = watch::channel(machine.snapshot(Instant::now()));
+    let names: Arc<Vec<String>> = Arc::new(
+        opts.config
+            .programs
+            .iter()
+            .map(|p| p.name.clone())
+            .collect(),
+    );
+
+    // The control socket. A supervisor that cannot create it keeps supervising (a crash loop
+    // would help nobody) but says so loudly; `health` will then report it unreachable.
+    let rundir = opts
+        .control_socket
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    match crate::server::bind(&opts.control_socket, settings.control_socket_mode) {
+        Ok(listener) => {
+            let ctx = crate::server::Context {
+                control: control_tx.clone(),
+                snapshots: snapshot_rx.clone(),
+                logs: logs.clone(),
+                names: names.clone(),
+            };
+            tokio::spawn(crate::server::serve(listener, ctx, stop_rx.clone()));
+            info!(path = %opts.control_socket.display(), "control socket listening");
+        }
+        Err(e) => {
+            error!(path = %opts.control_socket.display(), error = %e, "cannot create the control socket; status, health and control verbs will not work")
+        }
+    }
+
+    let mut http_addr = None;
+    if let Some(http) = &settings.http {
+        match crate::http::bind(&http.listen).await {
+            Ok((listener, addr)) => {
+                info!(address = %addr, "health and metrics server listening");
+                http_addr = Some(addr.to_string());
+                let mut stop = stop_rx.clone();
+                tokio::spawn(crate::http::serve(listener, ask_tx.clone(), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }));
+            }
+            Err(e) => {
+                error!(listen = %http.listen, error = %e, "cannot start the health and metrics server")
+            }
+        }
+    }
+    drop(ask_tx);
+
+    let mut sup = Supervisor {
+        machine,
+        mode,
+        logs,
+        control_socket: opts.control_socket.clone(),
+        extra_env: opts.extra_env,
+        notify_paths: HashMap::new(),
+        internal_tx,
+        probes: HashMap::new(),
+        waiters: Vec::new(),
+        snapshot_tx,
+        http_addr,
+        exit: None,
+    };
+    sup.bind_notify_sockets(&rundir, &opts.config.programs, stop_rx.clone());
+
+    sup.machine.start(Instant::now());
+    sup.pump();
+
+    while sup.exit.is_none() {
+        let wake = sup.next_wake();
+        let sleep = async {
+            match wake {
+                Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            Some(sig) = sigs.next() => sup.on_signal(sig),
+            Some(msg) = internal_rx.recv() => sup.on_internal(msg),
+            Some(msg) = control_rx.recv() => sup.on_control(msg),
+            Some(reply) = ask_rx.recv() => { let _ = reply.send(sup.machine.snapshot(Instant::now())); }
+            () = sleep => sup.on_timer(),
+        }
+        sup.pump();
+    }
+    let code = sup.exit.unwrap_or(0);
+    let _ = stop_tx.send(true);
+    sigs.handle().close();
+    for path in sup.notify_paths.values() {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(&sup.control_socket);
+    if !sup.logs.drain(LOG_DRAIN).await {
+        debug!("some output pipes were still open at exit");
+    }
+    info!(code, "supervisor exiting");
+    code
+}
+
+/// A seed for backoff jitter: different per process so a fleet restarted together spreads out.
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)
+}
+
+impl Supervisor {
+    fn next_wake(&self) -> Option<Instant> {
+        let probe = self.probes.values().map(|p| p.deadline).min();
+        let waiter = self.waiters.iter().map(|w| w.deadline).min();
+        [self.machine.poll_timeout(), probe, waiter]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn bind_notify_sockets(
+        &mut self,
+        rundir: &Path,
+        programs: &[ProgramConfig],
+        stop: watch::Receiver<bool>,
+    ) {
+        let wants =
+            |p: &ProgramConfig| p.readiness.check == ReadinessCheck::Notify || p.watchdog.is_some();
+        if !programs.iter().any(wants) {
+            return;
+        }
+        let dir = rundir.join("notify");
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            error!(dir = %dir.display(), error = %e, "cannot create the sd_notify directory");
+            return;
+        }
+        for (i, p) in programs.iter().enumerate() {
+            if !wants(p) {
+                continue;
+            }
+            let id = ProgramId(i);
+            let path = dir.join(format!("{}.sock", p.name));
+            let owner = p.user.as_deref().and_then(resolve_uid);
+            match NotifySocket::bind(&path, owner) {
+                Ok(sock) => {
+                    self.notify_paths.insert(id, path);
+                    let tx = self.internal_tx.clone();
+                    let mut stop = stop.clone();
+                    tokio::spawn(async move {
+                        loop {
+                            tokio::select! {
+                                r = sock.recv() => match r {
+                                    Ok((_, messages)) if !messages.is_empty() => {
+                                        if tx.send(Internal::Notify { program: id, messages }).await.is_err() { break; }
+                                    }
+                                    Ok(_) => {}
+                                    Err(e) => { warn!(error = %e, "sd_notify socket failed"); break; }
+                                },
+                                _ = stop.changed() => if *stop.borrow() { break },
+                            }
+                        }
+                    });
+                }
+                Err(e) => {
+                    error!(program = %p.name, path = %path.display(), error = %e, "cannot bind the sd_notify socket")
+                }
+            }
+        }
+    }
+
+    /// Carries out every pending action and logs every event, then publishes the snapshot.
+    fn pump(&mut self) {
+        loop {
+            while let Some(ev) = self.machine.poll_event() {
+                self.log_event(ev);
+            }
+            let Some(action) = self.machine.poll_action() else {
+                break;
+            };
+            self.act(action);
+        }
+        let now = Instant::now();
+        self.check_waiters(now);
+        let snap = self.machine.snapshot(now);
+        self.snapshot_tx.send_if_modified(|old| {
+            // Uptime changes every instant; publish only what watchers care about.
+            let changed = old.healthy != snap.healthy
+                || old.shutting_down != snap.shutting_down
+                || old.programs.len() != snap.programs.len()
+                || old.programs.iter().zip(&snap.programs).any(|(a, b)| {
+                    a.state != b.state
+                        || a.pid != b.pid
+                        || a.healthy != b.healthy
+                        || a.reason != b.reason
+                        || a.restarts != b.restarts
+                });
+            if changed {
+                *old = snap;
+            }
+            changed
+        });
+    }
+
+    fn act(&mut self, action: Action) {
+        let now = Instant::now();
+        match action {
+            Action::Spawn(id) => {
+                let input = match self.spawn(id) {
+                    Ok(pid) => Input::Spawned { program: id, pid },
+                    Err(e) => Input::SpawnFailed {
+                        program: id,
+                        reason: e.reason,
+                        code: e.code,
+                    },
+                };
+                self.machine.handle(now, input);
+            }
+            Action::Signal {
+                program,
+                pid,
+                signal,
+                group,
+            } => {
+                if let Err(e) = signals::send(pid, signal, group) {
+                    warn!(program = %self.name(program), pid, signal = %signal, error = %e, "cannot signal");
+                }
+            }
+            Action::Probe { program, pid, kind } => self.start_probe(program, pid, kind),
+            Action::SignalOrphans(sig) => {
+                let n = signals::signal_orphans(sig, self.mode);
+                if n > 0 {
+                    info!(count = n, signal = %sig, "signalled leftover processes");
+                }
+                // Orphans that are already gone never send SIGCHLD: look now.
+                self.reap();
+            }
+            Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    fn name(&self, id: ProgramId) -> &str {
+        &self.machine.program(id).name
+    }
+
+    fn spawn(&mut self, id: ProgramId) -> Result<i32, spawn::SpawnError> {
+        let cfg = self.machine.program(id).clone();
+        let mut env: Vec<(String, String)> = vec![
+            (ENV_PROGRAM.into(), cfg.name.clone()),
+            (ENV_SOCKET.into(), self.control_socket.display().to_string()),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        if let Some(path) = self.notify_paths.get(&id) {
+            env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+        }
+        if let Some(wd) = cfg.watchdog {
+            env.push(("WATCHDOG_USEC".into(), wd.as_micros().to_string()));
+        }
+        let (stdout, stderr) = match cfg.output {
+            OutputMode::Inherit => (Stdio::inherit(), Stdio::inherit()),
+            OutputMode::Capture => {
+                let hook = self.log_hook(id, &cfg);
+                let err_stream = if cfg.redirect_stderr {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                let out = self.logs.pipe(&cfg.name, Stream::Stdout, hook.clone());
+                let err = self.logs.pipe(&cfg.name, err_stream, hook);
+                match (out, err) {
+                    (Ok(o), Ok(e)) => (Stdio::from(o), Stdio::from(e)),
+                    (o, e) => {
+                        let err = o
+                            .err()
+                            .or(e.err())
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        return Err(spawn::SpawnError {
+                            reason: format!("cannot create output pipes: {err}"),
+                            code: 1,
+                        });
+                    }
+                }
+            }
+        };
+        // The parent's copies of the pipe write ends are dropped with `req` right after the
+        // spawn, so the readers see EOF when the program (and its descendants) close theirs.
+        let req = spawn::SpawnRequest {
+            program: &cfg,
+            extra_env: &env,
+            stdout,
+            stderr,
+        };
+        spawn::spawn(req)
+    }
+
+    /// The `log` readiness hook: the first matching line of this incarnation reports readiness.
+    fn log_hook(&self, id: ProgramId, cfg: &ProgramConfig) -> Option<LineHook> {
+        let ReadinessCheck::Log { pattern } = &cfg.readiness.check else {
+            return None;
+        };
+        let re = match regex::Regex::new(pattern) {
+            Ok(re) => re,
+            Err(e) => {
+                // Validation compiled it already; this is unreachable in practice.
+                error!(program = %cfg.name, error = %e, "invalid readiness pattern");
+                return None;
+            }
+        };
+        let fired = Arc::new(AtomicBool::new(false));
+        let tx = self.internal_tx.clone();
+        Some(Arc::new(move |line: &str| {
+            if !fired.load(Ordering::Relaxed)
+                && re.is_match(line)
+                && !fired.swap(true, Ordering::Relaxed)
+            {
+                let _ = tx.try_send(Internal::LogMatched { program: id });
+            }
+        }))
+    }
+
+    fn start_probe(&mut self, id: ProgramId, pid: i32, kind: ProbeKind) {
+        let cfg = self.machine.program(id);
+        let (check, timeout) = match kind {
+            ProbeKind::Readiness => (
+                cfg.readiness.check.clone(),
+                READINESS_PROBE_TIMEOUT.min(cfg.readiness.timeout),
+            ),
+            ProbeKind::Liveness => match &cfg.liveness {
+                Some(l) => (l.check.clone(), l.timeout),
+                None => return,
+            },
+        };
+        let tx = self.internal_tx.clone();
+        match check {
+            ReadinessCheck::Tcp { address } => {
+                tokio::spawn(async move {
+                    let result = probe::tcp(&address, timeout).await;
+                    let _ = tx
+                        .send(Internal::Probe {
+                            program: id,
+                            pid,
+                            kind,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            ReadinessCheck::Http { url } => {
+                tokio::spawn(async move {
+                    let result = probe::http(&url, timeout).await;
+                    let _ = tx
+                        .send(Internal::Probe {
+                            program: id,
+                            pid,
+                            kind,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            ReadinessCheck::Exec { command } => {
+                let env = vec![
+                    (ENV_PROGRAM.to_string(), cfg.name.clone()),
+                    ("IOT2MQTT_SV_PID".to_string(), pid.to_string()),
+                ];
+                match spawn::spawn_probe(&command, &env) {
+                    Ok(probe_pid) => {
+                        self.probes.insert(
+                            probe_pid,
+                            ExecProbe {
+                                program: id,
+                                pid,
+                                kind,
+                                deadline: Instant::now() + timeout,
+                            },
+                        );
+                    }
+                    Err(e) => self.machine.handle(
+                        Instant::now(),
+                        Input::ProbeResult {
+                            program: id,
+                            pid,
+                            kind,
+                            result: Err(e.reason),
+                        },
+                    ),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn reap(&mut self) {
+        let reaped = reap::reap();
+        let now = Instant::now();
+        for (pid, status) in reaped.exited {
+            if let Some(p) = self.probes.remove(&pid) {
+                let result = match status.code() {
+                    0 => Ok(()),
+                    c => Err(format!("probe command exited with code {c}")),
+                };
+                self.machine.handle(
+                    now,
+                    Input::ProbeResult {
+                        program: p.program,
+                        pid: p.pid,
+                        kind: p.kind,
+                        result,
+                    },
+                );
+            } else {
+                self.machine.handle(now, Input::Exited { pid, status });
+            }
+        }
+        if reaped.no_children {
+            self.machine.handle(now, Input::NoChildren);
+        }
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        let now = Instant::now();
+        match sig {
+            SIGCHLD => self.reap(),
+            SIGTERM | SIGINT | SIGQUIT => {
+                info!(signal = signal_name(sig), "received shutdown signal");
+                self.machine.handle(now, Input::ShutdownRequested);
+            }
+            SIGHUP | SIGUSR1 | SIGUSR2 | SIGWINCH => {
+                let Some(signal) = signal_name(sig)
+                    .strip_prefix("SIG")
+                    .and_then(|s| s.parse::<Signal>().ok())
+                else {
+                    return;
+                };
+                for id in self.machine.ids() {
+                    if let Some(pid) = self.machine.pid(id) {
+                        let group = self.machine.program(id).stopasgroup;
+                        if let Err(e) = signals::send(pid, signal, group) {
+                            warn!(program = %self.name(id), error = %e, "cannot forward {signal}");
+                        }
+                    }
+                }
+                debug!(signal = %signal, "forwarded to every running program");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_internal(&mut self, msg: Internal) {
+        let now = Instant::now();
+        match msg {
+            Internal::Probe {
+                program,
+                pid,
+                kind,
+                result,
+            } => {
+                self.machine.handle(
+                    now,
+                    Input::ProbeResult {
+                        program,
+                        pid,
+                        kind,
+                        result,
+                    },
+                );
+            }
+            Internal::LogMatched { program } => {
+                if let Some(pid) = self.machine.pid(program) {
+                    self.machine.handle(now, Input::Ready { program, pid });
+                }
+            }
+            Internal::Notify { program, messages } => {
+                // Each program has its own socket (systemd's NotifyAccess=all): any process of
+                // the program may speak for it, which is what `systemd-notify` from a shell needs.
+                let Some(pid) = self.machine.pid(program) else {
+                    return;
+                };
+                for m in messages {
+                    let input = match m {
+                        Notify::Ready => Some(Input::Ready { program, pid }),
+                        Notify::Watchdog => Some(Input::WatchdogPing { program, pid }),
+                        Notify::Status(text) => Some(Input::StatusText { program, pid, text }),
+                        Notify::ExtendTimeoutUsec(us) => Some(Input::ExtendTimeout {
+                            program,
+                            pid,
+                            by: Duration::from_micros(us),
+                        }),
+                        Notify::Stopping => {
+                            info!(program = %self.name(program), "program reports it is stopping");
+                            None
+                        }
+                        _ => None,
+                    };
+                    if let Some(i) = input {
+                        self.machine.handle(now, i);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<i32> = self
+            .probes
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for probe_pid in expired {
+            if let Some(p) = self.probes.remove(&probe_pid) {
+                let _ = signals::send(probe_pid, Signal::Kill, true);
+                self.machine.handle(
+                    now,
+                    Input::ProbeResult {
+                        program: p.program,
+                        pid: p.pid,
+                        kind: p.kind,
+                        result: Err("probe command timed out".into()),
+                    },
+                );
+            }
+        }
+        if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+            self.machine.handle_timeout(now);
+        }
+    }
+
+    fn resolve(&self, names: &[String]) -> Result<Vec<ProgramId>, serde_json::Value> {
+        if names.is_empty() {
+            return Err(error_reply(code::BAD_REQUEST, "no program named"));
+        }
+        if names.iter().any(|n| n == "all") {
+            return Ok(self.machine.ids().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.machine.find(n).ok_or_else(|| {
+                    error_reply(code::UNKNOWN_PROGRAM, format!("no program named {n:?}"))
+                })
+            })
+            .collect()
+    }
+
+    fn on_control(&mut self, msg: ControlMsg) {
+        let now = Instant::now();
+        let ControlMsg { request, reply } = msg;
+        match self.answer(now, request) {
+            Answer::Now(v) => {
+                let _ = reply.send(v);
+            }
+            Answer::Wait(ids, goal) => self.waiters.push(Waiter {
+                ids,
+                goal,
+                deadline: now + CONTROL_WAIT,
+                reply,
+            }),
+        }
+    }
+
+    fn answer(&mut self, now: Instant, request: Request) -> Answer {
+        let answer = Answer::Now;
+        match request {
+            Request::Status => {
+                let snap = self.machine.snapshot(now);
+                answer(ok_reply(serde_json::json!({
+                    "supervisor": {"pid": std::process::id(), "mode": format!("{:?}", self.mode).to_lowercase(), "http": self.http_addr},
+                    "status": snap,
+                })))
+            }
+            Request::Health => {
+                let snap = self.machine.snapshot(now);
+                answer(ok_reply(
+                    serde_json::json!({"healthy": snap.healthy, "reason": snap.reason}),
+                ))
+            }
+            Request::Start { programs }
+            | Request::Stop { programs }
+            | Request::Restart { programs }
+                if self.machine.is_shutting_down() =>
+            {
+                let _ = programs;
+                answer(error_reply(
+                    code::SHUTTING_DOWN,
+                    "the supervisor is shutting down",
+                ))
+            }
+            Request::Start { programs } => match self.resolve(&programs) {
+                Ok(ids) => {
+                    for &id in &ids {
+                        self.machine.handle(now, Input::StartRequested(id));
+                    }
+                    Answer::Wait(ids, Goal::Running)
+                }
+                Err(e) => answer(e),
+            },
+            Request::Stop { programs } => match self.resolve(&programs) {
+                Ok(ids) => {
+                    for &id in &ids {
+                        self.machine.handle(now, Input::StopRequested(id));
+                    }
+                    Answer::Wait(ids, Goal::Stopped)
+                }
+                Err(e) => answer(e),
+            },
+            Request::Restart { programs } => match self.resolve(&programs) {
+                Ok(ids) => {
+                    for &id in &ids {
+                        self.machine.handle(now, Input::RestartRequested(id));
+                    }
+                    Answer::Wait(ids, Goal::Running)
+                }
+                Err(e) => answer(e),
+            },
+            Request::Signal { signal, programs } => {
+                let sig = match signal.parse::<Signal>() {
+                    Ok(s) => s,
+                    Err(e) => return answer(error_reply(code::UNKNOWN_SIGNAL, e.to_string())),
+                };
+                match self.resolve(&programs) {
+                    Ok(ids) => {
+                        let mut results = Vec::new();
+                        for id in ids {
+                            let name = self.name(id).to_string();
+                            let r = match self.machine.pid(id) {
+                                Some(pid) => match signals::send(
+                                    pid,
+                                    sig,
+                                    self.machine.program(id).stopasgroup,
+                                ) {
+                                    Ok(_) => {
+                                        serde_json::json!({"name": name, "ok": true, "pid": pid})
+                                    }
+                                    Err(e) => {
+                                        serde_json::json!({"name": name, "ok": false, "message": e.to_string()})
+                                    }
+                                },
+                                None => {
+                                    serde_json::json!({"name": name, "ok": false, "message": "not running"})
+                                }
+                            };
+                            results.push(r);
+                        }
+                        let all_ok = results.iter().all(|r| r["ok"] == true);
+                        answer(if all_ok {
+                            ok_reply(serde_json::json!({"results": results}))
+                        } else {
+                            let mut v =
+                                error_reply(code::FAILED, "some programs were not signalled");
+                            v["results"] = serde_json::Value::Array(results);
+                            v
+                        })
+                    }
+                    Err(e) => answer(e),
+                }
+            }
+            Request::Pid { program: None } => {
+                answer(ok_reply(serde_json::json!({"pid": std::process::id()})))
+            }
+            Request::Pid {
+                program: Some(name),
+            } => match self.machine.find(&name) {
+                Some(id) => answer(ok_reply(serde_json::json!({"pid": self.machine.pid(id)}))),
+                None => answer(error_reply(
+                    code::UNKNOWN_PROGRAM,
+                    format!("no program named {name:?}"),
+                )),
+            },
+            Request::Ready { program, pid } => match self.machine.find(&program) {
+                Some(id) => {
+                    if self.machine.program(id).readiness.check != ReadinessCheck::Bridge {
+                        return answer(error_reply(
+                            code::NOT_APPLICABLE,
+                            format!("{program} does not use bridge readiness"),
+                        ));
+                    }
+                    match (self.machine.pid(id), pid) {
+                        (Some(cur), Some(p)) if cur != p => answer(error_reply(
+                            code::NOT_APPLICABLE,
+                            format!("{program} now runs as pid {cur}, not {p}"),
+                        )),
+                        (Some(cur), _) => {
+                            self.machine.handle(
+                                now,
+                                Input::Ready {
+                                    program: id,
+                                    pid: cur,
+                                },
+                            );
+                            answer(ok_reply(serde_json::json!({})))
+                        }
+                        (None, _) => answer(error_reply(
+                            code::NOT_APPLICABLE,
+                            format!("{program} is not running"),
+                        )),
+                    }
+                }
+                None => answer(error_reply(
+                    code::UNKNOWN_PROGRAM,
+                    format!("no program named {program:?}"),
+                )),
+            },
+            // Served by the connection task itself.
+            Request::Logs { .. } | Request::Watch => {
+                answer(error_reply(code::BAD_REQUEST, "not a loop request"))
+            }
+        }
+    }
+
+    fn check_waiters(&mut self, now: Instant) {
+        if self.waiters.is_empty() {
+            return;
+        }
+        let snap = self.machine.snapshot(now);
+        let shutting_down = self.machine.is_shutting_down();
+        let waiters = std::mem::take(&mut self.waiters);
+        for w in waiters {
+            let mut done = true;
+            let mut results = Vec::new();
+            for &id in &w.ids {
+                let s = &snap.programs[id.0];
+                let (reached, failed) = match w.goal {
+                    Goal::Stopped => (
+                        self.machine.pid(id).is_none()
+                            && !matches!(s.state, "STARTING" | "STOPPING"),
+                        false,
+                    ),
+                    Goal::Running => (
+                        s.state == "RUNNING",
+                        matches!(s.state, "FATAL" | "EXITED")
+                            || (s.state == "STOPPED"
+                                && s.reason
+                                    .as_deref()
+                                    .is_some_and(|r| r.starts_with("waiting for"))),
+                    ),
+                };
+                if !reached && !failed && !shutting_down && now < w.deadline {
+                    done = false;
+                    break;
+                }
+                results.push(serde_json::json!({
+                    "name": s.name, "ok": reached, "state": s.state, "pid": s.pid, "message": s.reason,
+                }));
+            }
+            if !done {
+                self.waiters.push(w);
+                continue;
+            }
+            let ok = results.iter().all(|r| r["ok"] == true);
+            let reply = if ok {
+                ok_reply(serde_json::json!({"results": results}))
+            } else {
+                let mut v = error_reply(code::FAILED, "not every program reached its goal");
+                v["results"] = serde_json::Value::Array(results);
+                v
+            };
+            let _ = w.reply.send(reply);
+        }
+    }
+
+    fn log_event(&self, ev: Event) {
+        match ev {
+            Event::Spawned { program, pid } => info!(program = %self.name(program), pid, "spawned"),
+            Event::Ready { program, pid } => info!(program = %self.name(program), pid, "ready"),
+            Event::Exited {
+                program,
+                pid,
+                status,
+                expected,
+            } => {
+                if expected {
+                    info!(program = %self.name(program), pid, status = %status, "exited")
+                } else {
+                    warn!(program = %self.name(program), pid, status = %status, "exited unexpectedly")
+                }
+            }
+            Event::SpawnFailed { program, reason } => {
+                error!(program = %self.name(program), %reason, "spawn failed")
+            }
+            Event::StartFailed { program, reason } => {
+                warn!(program = %self.name(program), %reason, "start failed")
+            }
+            Event::Backoff {
+                program,
+                delay,
+                attempt,
+            } => {
+                info!(program = %self.name(program), delay_ms = delay.as_millis() as u64, attempt, "backing off before restart")
+            }
+            Event::Fatal { program, reason } => {
+                error!(program = %self.name(program), %reason, "gave up: FATAL")
+            }
+            Event::Stopping {
+                program,
+                pid,
+                reason,
+            } => info!(program = %self.name(program), pid, %reason, "stopping"),
+            Event::Killed { program, pid } => {
+                warn!(program = %self.name(program), pid, "did not stop in time: SIGKILL")
+            }
+            Event::Unhealthy {
+                program,
+                pid,
+                reason,
+            } => warn!(program = %self.name(program), pid, %reason, "unhealthy"),
+            Event::Shutdown { reason } => info!(%reason, "shutting down"),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        SIGQUIT => "SIGQUIT",
+        SIGHUP => "SIGHUP",
+        SIGUSR1 => "SIGUSR1",
+        SIGUSR2 => "SIGUSR2",
+        SIGWINCH => "SIGWINCH",
+        SIGCHLD => "SIGCHLD",
+        _ => "signal",
+    }
+}
+
+fn resolve_uid(user: &str) -> Option<u32> {
+    if let Ok(uid) = user.parse::<u32>() {
+        return Some(uid);
+    }
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+/// Adds the bridge as a supervised program: started first, stopped last, and every other
+/// program waits until its socket is listening (readiness `notify`).
+pub fn add_bridge_program(config: &mut Config, command: Vec<String>) {
+    use sv_core::config::{
+        AutoRestart, BackoffConfig, DependencyCondition, OnDependencyRestart, ReadinessConfig,
+    };
+    let bridge = ProgramConfig {
+        name: BRIDGE_PROGRAM.into(),
+        command,
+        directory: None,
+        environment: vec![],
+        user: None,
+        umask: None,
+        priority: i32::MIN,
+        autostart: true,
+        autorestart: AutoRestart::Always,
+        exitcodes: vec![0],
+        startsecs: Duration::ZERO,
+        startretries: 10,
+        stopsignal: Signal::Term,
+        stopwaitsecs: Duration::from_secs(3),
+        stopasgroup: true,
+        killasgroup: true,
+        redirect_stderr: false,
+        output: OutputMode::Capture,
+        critical: true,
+        backoff: BackoffConfig::default(),
+        readiness: ReadinessConfig {
+            check: ReadinessCheck::Notify,
+            timeout: Duration::from_secs(30),
+            interval: Duration::from_millis(250),
+        },
+        liveness: None,
+        watchdog: None,
+        depends_on: vec![],
+        on_dependency_restart: OnDependencyRestart::Wait,
+        bridge_publish: vec![],
+    };
+    for p in &mut config.programs {
+        if !p.depends_on.iter().any(|(d, _)| d == BRIDGE_PROGRAM) {
+            p.depends_on
+                .push((BRIDGE_PROGRAM.into(), DependencyCondition::Ready));
+        }
+    }
+    config.programs.push(bridge);
+    config.programs.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// The reserved program name of the bridge.
+pub const BRIDGE_PROGRAM: &str = "bridge";
