@@ -105,7 +105,11 @@ pub enum Input {
     Spawned { program: ProgramId, pid: i32 },
     /// Spawning failed before the program ran (exec error, bad user or directory). `code` is the
     /// shell convention (127 not found, 126 not executable, 1 otherwise).
-    SpawnFailed { program: ProgramId, reason: String, code: i32 },
+    SpawnFailed {
+        program: ProgramId,
+        reason: String,
+        code: i32,
+    },
     /// `waitpid` reaped `pid`. Unknown pids (orphans) are ignored.
     Exited { pid: i32, status: ExitStatus },
     /// No child processes are left (`waitpid` answered ECHILD).
@@ -115,11 +119,24 @@ pub enum Input {
     /// An sd_notify `WATCHDOG=1` ping.
     WatchdogPing { program: ProgramId, pid: i32 },
     /// A free-form status text (sd_notify `STATUS=`), kept for `status`.
-    StatusText { program: ProgramId, pid: i32, text: String },
+    StatusText {
+        program: ProgramId,
+        pid: i32,
+        text: String,
+    },
     /// sd_notify `EXTEND_TIMEOUT_USEC`: push the readiness deadline out.
-    ExtendTimeout { program: ProgramId, pid: i32, by: std::time::Duration },
+    ExtendTimeout {
+        program: ProgramId,
+        pid: i32,
+        by: std::time::Duration,
+    },
     /// Result of an [`Action::Probe`].
-    ProbeResult { program: ProgramId, pid: i32, kind: ProbeKind, result: Result<(), String> },
+    ProbeResult {
+        program: ProgramId,
+        pid: i32,
+        kind: ProbeKind,
+        result: Result<(), String>,
+    },
     /// SIGTERM/SIGINT/SIGQUIT arrived (a second one skips the ordering).
     ShutdownRequested,
     /// Control: start a program (no-op when running).
@@ -136,9 +153,18 @@ pub enum Action {
     /// Spawn the program; answer with [`Input::Spawned`] or [`Input::SpawnFailed`].
     Spawn(ProgramId),
     /// Send `signal` to `pid`, or to its process group when `group`.
-    Signal { program: ProgramId, pid: i32, signal: crate::signal::Signal, group: bool },
+    Signal {
+        program: ProgramId,
+        pid: i32,
+        signal: crate::signal::Signal,
+        group: bool,
+    },
     /// Run a probe for the process `pid`; answer with [`Input::ProbeResult`].
-    Probe { program: ProgramId, pid: i32, kind: ProbeKind },
+    Probe {
+        program: ProgramId,
+        pid: i32,
+        kind: ProbeKind,
+    },
     /// Send `signal` to every remaining descendant (orphans) after the programs stopped.
     SignalOrphans(crate::signal::Signal),
     /// Exit the supervisor with this code. The last action ever emitted.
@@ -153,21 +179,38 @@ pub enum Event {
     /// A process became ready.
     Ready { program: ProgramId, pid: i32 },
     /// A process exited; `expected` per `exitcodes`.
-    Exited { program: ProgramId, pid: i32, status: ExitStatus, expected: bool },
+    Exited {
+        program: ProgramId,
+        pid: i32,
+        status: ExitStatus,
+        expected: bool,
+    },
     /// Spawning failed.
     SpawnFailed { program: ProgramId, reason: String },
     /// A start failed (exited too early, readiness timeout, spawn failure).
     StartFailed { program: ProgramId, reason: String },
     /// Waiting before the next start.
-    Backoff { program: ProgramId, delay: std::time::Duration, attempt: u32 },
+    Backoff {
+        program: ProgramId,
+        delay: std::time::Duration,
+        attempt: u32,
+    },
     /// Gave up.
     Fatal { program: ProgramId, reason: String },
     /// Stopping a process.
-    Stopping { program: ProgramId, pid: i32, reason: String },
+    Stopping {
+        program: ProgramId,
+        pid: i32,
+        reason: String,
+    },
     /// The stop deadline passed; SIGKILL sent.
     Killed { program: ProgramId, pid: i32 },
     /// A liveness probe or the watchdog failed.
-    Unhealthy { program: ProgramId, pid: i32, reason: String },
+    Unhealthy {
+        program: ProgramId,
+        pid: i32,
+        reason: String,
+    },
     /// Shutdown started (`reason`), or was escalated.
     Shutdown { reason: String },
 }
@@ -215,7 +258,6 @@ pub struct Snapshot {
     /// A shutdown is under way.
     pub shutting_down: bool,
 }
-
 
 /// Why a process is being stopped: decides what happens once it has exited.
 #[derive(Debug, Clone, PartialEq)]
@@ -322,7 +364,11 @@ enum Phase {
         fast: bool,
     },
     /// Every program is gone; leftover descendants got SIGTERM and get SIGKILL at `kill_at`.
-    Orphans { kill_at: Instant, deadline: Instant, killed: bool },
+    Orphans {
+        kill_at: Instant,
+        deadline: Instant,
+        killed: bool,
+    },
     /// [`Action::Exit`] was emitted.
     Done,
 }
@@ -376,7 +422,9 @@ impl Machine {
         while order.len() < n {
             let next = (0..n)
                 .filter(|&i| !placed[i] && deps[i].iter().all(|&d| placed[d]))
-                .min_by(|&a, &b| (cfg[a].priority, &cfg[a].name).cmp(&(cfg[b].priority, &cfg[b].name)))
+                .min_by(|&a, &b| {
+                    (cfg[a].priority, &cfg[a].name).cmp(&(cfg[b].priority, &cfg[b].name))
+                })
                 .or_else(|| (0..n).find(|&i| !placed[i]));
             let Some(i) = next else { break };
             placed[i] = true;
@@ -392,7 +440,8 @@ impl Machine {
             }
             let ProgramId(prev) = order[k - 1];
             let cur = level[prev];
-            let same = cfg[i].priority == cfg[prev].priority && deps[i].iter().all(|&d| level[d] < cur);
+            let same =
+                cfg[i].priority == cfg[prev].priority && deps[i].iter().all(|&d| level[d] < cur);
             level[i] = if same { cur } else { cur + 1 };
         }
         Machine {
@@ -478,15 +527,27 @@ impl Machine {
             consider(p.start_deadline);
             consider(p.backoff_until);
             consider(p.kill_at);
-            consider(if p.probe_in_flight.is_some() { None } else { p.next_probe });
+            consider(if p.probe_in_flight.is_some() {
+                None
+            } else {
+                p.next_probe
+            });
             consider(p.watchdog_deadline);
         }
         match self.phase {
-            Phase::Stopping { programs_deadline, deadline, .. } => {
+            Phase::Stopping {
+                programs_deadline,
+                deadline,
+                ..
+            } => {
                 consider(Some(programs_deadline));
                 consider(Some(deadline));
             }
-            Phase::Orphans { kill_at, deadline, killed } => {
+            Phase::Orphans {
+                kill_at,
+                deadline,
+                killed,
+            } => {
                 consider(Some(if killed { deadline } else { kill_at }));
             }
             Phase::Running | Phase::Done => {}
@@ -501,14 +562,21 @@ impl Machine {
         }
         match input {
             Input::Spawned { program, pid } => self.on_spawned(now, program, pid),
-            Input::SpawnFailed { program, reason, code } => {
+            Input::SpawnFailed {
+                program,
+                reason,
+                code,
+            } => {
                 let p = &mut self.progs[program.0];
                 if !p.spawn_pending {
                     return;
                 }
                 p.spawn_pending = false;
                 p.last_exit = Some(code);
-                self.events.push_back(Event::SpawnFailed { program, reason: reason.clone() });
+                self.events.push_back(Event::SpawnFailed {
+                    program,
+                    reason: reason.clone(),
+                });
                 self.after_exit(now, program, None, code, false, Some(reason));
             }
             Input::Exited { pid, status } => {
@@ -548,7 +616,12 @@ impl Machine {
                     }
                 }
             }
-            Input::ProbeResult { program, pid, kind, result } => self.on_probe(now, program, pid, kind, result),
+            Input::ProbeResult {
+                program,
+                pid,
+                kind,
+                result,
+            } => self.on_probe(now, program, pid, kind, result),
             Input::ShutdownRequested => self.request_shutdown(now, 0, "shutdown requested".into()),
             Input::StartRequested(id) => self.on_start_requested(now, id),
             Input::StopRequested(id) => {
@@ -593,7 +666,12 @@ impl Machine {
                 self.progs[i].kill_at = None;
                 if let Some(pid) = self.progs[i].pid {
                     let group = self.cfg[i].killasgroup;
-                    self.actions.push_back(Action::Signal { program: id, pid, signal: Signal::Kill, group });
+                    self.actions.push_back(Action::Signal {
+                        program: id,
+                        pid,
+                        signal: Signal::Kill,
+                        group,
+                    });
                     self.events.push_back(Event::Killed { program: id, pid });
                 }
             }
@@ -608,7 +686,12 @@ impl Machine {
                                 self.cfg[i].readiness.timeout,
                                 readiness_name(&self.cfg[i].readiness.check)
                             );
-                            self.begin_stop(now, id, StopIntent::FailedStart(reason.clone()), reason);
+                            self.begin_stop(
+                                now,
+                                id,
+                                StopIntent::FailedStart(reason.clone()),
+                                reason,
+                            );
                         }
                     }
                 }
@@ -629,7 +712,11 @@ impl Machine {
                     };
                     self.progs[i].next_probe = None;
                     self.progs[i].probe_in_flight = Some(kind);
-                    self.actions.push_back(Action::Probe { program: id, pid, kind });
+                    self.actions.push_back(Action::Probe {
+                        program: id,
+                        pid,
+                        kind,
+                    });
                 } else {
                     self.progs[i].next_probe = None;
                 }
@@ -637,39 +724,74 @@ impl Machine {
             if due(self.progs[i].watchdog_deadline) {
                 self.progs[i].watchdog_deadline = None;
                 if self.progs[i].state == State::Running {
-                    let reason = format!("watchdog: no WATCHDOG=1 within {:?}", self.cfg[i].watchdog.unwrap_or_default());
+                    let reason = format!(
+                        "watchdog: no WATCHDOG=1 within {:?}",
+                        self.cfg[i].watchdog.unwrap_or_default()
+                    );
                     self.progs[i].probe_failures += 1;
                     if let Some(pid) = self.progs[i].pid {
-                        self.events.push_back(Event::Unhealthy { program: id, pid, reason: reason.clone() });
+                        self.events.push_back(Event::Unhealthy {
+                            program: id,
+                            pid,
+                            reason: reason.clone(),
+                        });
                     }
                     self.begin_stop(now, id, StopIntent::Unhealthy(reason.clone()), reason);
                 }
             }
         }
         match self.phase.clone() {
-            Phase::Stopping { programs_deadline, deadline, .. } => {
+            Phase::Stopping {
+                programs_deadline,
+                deadline,
+                ..
+            } => {
                 if now >= programs_deadline {
                     // Past the program budget: SIGKILL whatever is left, once.
                     for i in 0..self.progs.len() {
-                        if let (Some(pid), true) = (self.progs[i].pid, self.progs[i].state != State::Stopping || self.progs[i].kill_at.is_some()) {
+                        if let (Some(pid), true) = (
+                            self.progs[i].pid,
+                            self.progs[i].state != State::Stopping
+                                || self.progs[i].kill_at.is_some(),
+                        ) {
                             let group = self.cfg[i].killasgroup;
                             self.progs[i].state = State::Stopping;
                             self.progs[i].kill_at = None;
                             self.progs[i].stop_intent = Some(StopIntent::Shutdown);
-                            self.actions.push_back(Action::Signal { program: ProgramId(i), pid, signal: Signal::Kill, group });
-                            self.events.push_back(Event::Killed { program: ProgramId(i), pid });
+                            self.actions.push_back(Action::Signal {
+                                program: ProgramId(i),
+                                pid,
+                                signal: Signal::Kill,
+                                group,
+                            });
+                            self.events.push_back(Event::Killed {
+                                program: ProgramId(i),
+                                pid,
+                            });
                         }
                     }
-                    self.phase = Phase::Stopping { programs_deadline: deadline, deadline, fast: true };
+                    self.phase = Phase::Stopping {
+                        programs_deadline: deadline,
+                        deadline,
+                        fast: true,
+                    };
                     if now >= deadline {
                         self.enter_orphans(now, deadline);
                     }
                 }
             }
-            Phase::Orphans { kill_at, deadline, killed } => {
+            Phase::Orphans {
+                kill_at,
+                deadline,
+                killed,
+            } => {
                 if !killed && now >= kill_at {
                     self.actions.push_back(Action::SignalOrphans(Signal::Kill));
-                    self.phase = Phase::Orphans { kill_at, deadline: now + ORPHAN_KILL_WAIT, killed: true };
+                    self.phase = Phase::Orphans {
+                        kill_at,
+                        deadline: now + ORPHAN_KILL_WAIT,
+                        killed: true,
+                    };
                 } else if killed && now >= deadline {
                     self.finish();
                 }
@@ -695,7 +817,10 @@ impl Machine {
                     readiness: readiness_name(&c.readiness.check),
                     restarts: p.restarts,
                     exit_status: p.last_exit,
-                    uptime_s: p.pid.and(p.started_at).map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    uptime_s: p
+                        .pid
+                        .and(p.started_at)
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
                     reason: p.reason.clone(),
                     status_text: p.status_text.clone(),
                     probe_failures: p.probe_failures,
@@ -716,7 +841,12 @@ impl Machine {
                 None => (true, "all critical programs ready".to_string()),
             }
         };
-        Snapshot { programs, healthy, reason, shutting_down: self.phase != Phase::Running }
+        Snapshot {
+            programs,
+            healthy,
+            reason,
+            shutting_down: self.phase != Phase::Running,
+        }
     }
 
     /// A program counts as healthy when it is ready, finished as expected, or deliberately not
@@ -747,7 +877,9 @@ impl Machine {
             let p = &self.progs[d.0];
             let ok = match cond {
                 DependencyCondition::Started => {
-                    matches!(p.state, State::Running) || (p.state == State::Starting && p.pid.is_some()) || p.completed
+                    matches!(p.state, State::Running)
+                        || (p.state == State::Starting && p.pid.is_some())
+                        || p.completed
                 }
                 DependencyCondition::Ready => p.state == State::Running,
                 DependencyCondition::Completed => p.completed,
@@ -758,7 +890,10 @@ impl Machine {
                     DependencyCondition::Ready => "ready",
                     DependencyCondition::Completed => "completed",
                 };
-                return Err(format!("waiting for {name} to be {what} (it is {})", p.state.name()));
+                return Err(format!(
+                    "waiting for {name} to be {what} (it is {})",
+                    p.state.name()
+                ));
             }
         }
         Ok(())
@@ -824,7 +959,12 @@ impl Machine {
             }
             check => {
                 p.start_deadline = Some(now + c.readiness.timeout);
-                if matches!(check, ReadinessCheck::Tcp { .. } | ReadinessCheck::Http { .. } | ReadinessCheck::Exec { .. }) {
+                if matches!(
+                    check,
+                    ReadinessCheck::Tcp { .. }
+                        | ReadinessCheck::Http { .. }
+                        | ReadinessCheck::Exec { .. }
+                ) {
                     p.next_probe = Some(now);
                 }
             }
@@ -848,7 +988,14 @@ impl Machine {
         self.try_start_all(now);
     }
 
-    fn on_probe(&mut self, now: Instant, id: ProgramId, pid: i32, kind: ProbeKind, result: Result<(), String>) {
+    fn on_probe(
+        &mut self,
+        now: Instant,
+        id: ProgramId,
+        pid: i32,
+        kind: ProbeKind,
+        result: Result<(), String>,
+    ) {
         let p = &mut self.progs[id.0];
         if p.pid != Some(pid) || p.probe_in_flight != Some(kind) {
             return;
@@ -863,7 +1010,9 @@ impl Machine {
                 }
             },
             (ProbeKind::Liveness, State::Running) => {
-                let Some(l) = self.cfg[id.0].liveness.clone() else { return };
+                let Some(l) = self.cfg[id.0].liveness.clone() else {
+                    return;
+                };
                 match result {
                     Ok(()) => {
                         p.consecutive_probe_failures = 0;
@@ -878,7 +1027,11 @@ impl Machine {
                         );
                         p.reason = Some(reason.clone());
                         if p.consecutive_probe_failures >= l.failure_threshold {
-                            self.events.push_back(Event::Unhealthy { program: id, pid, reason: reason.clone() });
+                            self.events.push_back(Event::Unhealthy {
+                                program: id,
+                                pid,
+                                reason: reason.clone(),
+                            });
                             self.begin_stop(now, id, StopIntent::Unhealthy(reason.clone()), reason);
                         } else {
                             p.next_probe = Some(now + l.interval);
@@ -914,12 +1067,24 @@ impl Machine {
         p.state = State::Stopping;
         p.stop_intent = Some(intent);
         let mut kill_at = now + c.stopwaitsecs;
-        if let Phase::Stopping { programs_deadline, .. } = self.phase {
+        if let Phase::Stopping {
+            programs_deadline, ..
+        } = self.phase
+        {
             kill_at = kill_at.min(programs_deadline);
         }
         p.kill_at = Some(kill_at);
-        self.actions.push_back(Action::Signal { program: id, pid, signal: c.stopsignal, group: c.stopasgroup });
-        self.events.push_back(Event::Stopping { program: id, pid, reason });
+        self.actions.push_back(Action::Signal {
+            program: id,
+            pid,
+            signal: c.stopsignal,
+            group: c.stopasgroup,
+        });
+        self.events.push_back(Event::Stopping {
+            program: id,
+            pid,
+            reason,
+        });
         if was_running {
             self.dependency_left(now, id);
         }
@@ -933,7 +1098,11 @@ impl Machine {
         let name = self.cfg[id.0].name.clone();
         for q in self.dependents[id.0].clone() {
             let c = &self.cfg[q.0];
-            let cond = c.depends_on.iter().find(|(d, _)| *d == name).map(|(_, c)| *c);
+            let cond = c
+                .depends_on
+                .iter()
+                .find(|(d, _)| *d == name)
+                .map(|(_, c)| *c);
             if c.on_dependency_restart == OnDependencyRestart::Restart
                 && cond != Some(DependencyCondition::Completed)
                 && self.progs[q.0].live()
@@ -952,8 +1121,21 @@ impl Machine {
         p.last_exit = Some(status.code());
         let was_running = p.state == State::Running;
         // An exit we asked for is expected, whatever its status.
-        let asked = p.stop_intent.as_ref().is_some_and(|i| matches!(i, StopIntent::User | StopIntent::Restart | StopIntent::Shutdown | StopIntent::Dependency(_)));
-        self.events.push_back(Event::Exited { program: id, pid, status, expected: expected || asked });
+        let asked = p.stop_intent.as_ref().is_some_and(|i| {
+            matches!(
+                i,
+                StopIntent::User
+                    | StopIntent::Restart
+                    | StopIntent::Shutdown
+                    | StopIntent::Dependency(_)
+            )
+        });
+        self.events.push_back(Event::Exited {
+            program: id,
+            pid,
+            status,
+            expected: expected || asked,
+        });
         if was_running {
             self.dependency_left(now, id);
         }
@@ -961,7 +1143,15 @@ impl Machine {
     }
 
     /// Decides what follows the end of a process (or a failed spawn, with `status` None).
-    fn after_exit(&mut self, now: Instant, id: ProgramId, status: Option<ExitStatus>, code: i32, expected: bool, spawn_error: Option<String>) {
+    fn after_exit(
+        &mut self,
+        now: Instant,
+        id: ProgramId,
+        status: Option<ExitStatus>,
+        code: i32,
+        expected: bool,
+        spawn_error: Option<String>,
+    ) {
         let c = self.cfg[id.0].clone();
         let shutting_down = self.phase != Phase::Running;
         let p = &mut self.progs[id.0];
@@ -1023,7 +1213,9 @@ impl Machine {
                     p.reason = Some(format!("exited with {what}"));
                     if c.critical && !expected {
                         let reason = format!("critical program {} exited with {what}", c.name);
-                        self.request_shutdown(now, code, reason);
+                        // Exit code 0 is "success" to the container runtime; an unexpected exit
+                        // (0 not in `exitcodes`) must not look like one.
+                        self.request_shutdown(now, if code == 0 { 1 } else { code }, reason);
                     } else {
                         self.try_start_all(now);
                     }
@@ -1034,14 +1226,20 @@ impl Machine {
         };
         if is_failed_start {
             p.failures += 1;
-            self.events.push_back(Event::StartFailed { program: id, reason: reason.clone() });
+            self.events.push_back(Event::StartFailed {
+                program: id,
+                reason: reason.clone(),
+            });
             let p = &mut self.progs[id.0];
             if p.failures > c.startretries {
                 p.state = State::Fatal;
                 p.want_running = false;
                 let why = format!("{reason}; gave up after {} failed starts", p.failures);
                 p.reason = Some(why.clone());
-                self.events.push_back(Event::Fatal { program: id, reason: why });
+                self.events.push_back(Event::Fatal {
+                    program: id,
+                    reason: why,
+                });
                 if c.critical {
                     let reason = format!("critical program {} is FATAL", c.name);
                     self.request_shutdown(now, if code == 0 { 1 } else { code }, reason);
@@ -1068,7 +1266,11 @@ impl Machine {
         p.state = State::Backoff;
         p.backoff_until = Some(now + delay);
         p.reason = Some(reason);
-        self.events.push_back(Event::Backoff { program: id, delay, attempt });
+        self.events.push_back(Event::Backoff {
+            program: id,
+            delay,
+            attempt,
+        });
     }
 
     fn on_start_requested(&mut self, now: Instant, id: ProgramId) {
@@ -1096,8 +1298,15 @@ impl Machine {
                 self.exit_code = code;
                 let deadline = now + self.shutdown_timeout;
                 // The orphan sweep needs its grace inside the same budget.
-                let programs_deadline = deadline.checked_sub(self.orphan_grace).filter(|d| *d > now).unwrap_or(deadline);
-                self.phase = Phase::Stopping { programs_deadline, deadline, fast: false };
+                let programs_deadline = deadline
+                    .checked_sub(self.orphan_grace)
+                    .filter(|d| *d > now)
+                    .unwrap_or(deadline);
+                self.phase = Phase::Stopping {
+                    programs_deadline,
+                    deadline,
+                    fast: false,
+                };
                 self.events.push_back(Event::Shutdown { reason });
                 for i in 0..self.progs.len() {
                     let p = &mut self.progs[i];
@@ -1115,9 +1324,19 @@ impl Machine {
                 }
                 self.advance_shutdown(now);
             }
-            Phase::Stopping { programs_deadline, deadline, fast: false } => {
-                self.phase = Phase::Stopping { programs_deadline, deadline, fast: true };
-                self.events.push_back(Event::Shutdown { reason: format!("{reason} again: stopping every program at once") });
+            Phase::Stopping {
+                programs_deadline,
+                deadline,
+                fast: false,
+            } => {
+                self.phase = Phase::Stopping {
+                    programs_deadline,
+                    deadline,
+                    fast: true,
+                };
+                self.events.push_back(Event::Shutdown {
+                    reason: format!("{reason} again: stopping every program at once"),
+                });
                 self.advance_shutdown(now);
             }
             _ => {}
@@ -1125,8 +1344,12 @@ impl Machine {
     }
 
     fn advance_shutdown(&mut self, now: Instant) {
-        let Phase::Stopping { deadline, fast, .. } = self.phase else { return };
-        let live: Vec<usize> = (0..self.progs.len()).filter(|&i| self.progs[i].live()).collect();
+        let Phase::Stopping { deadline, fast, .. } = self.phase else {
+            return;
+        };
+        let live: Vec<usize> = (0..self.progs.len())
+            .filter(|&i| self.progs[i].live())
+            .collect();
         if live.is_empty() {
             self.enter_orphans(now, deadline);
             return;
@@ -1142,7 +1365,11 @@ impl Machine {
     fn enter_orphans(&mut self, now: Instant, deadline: Instant) {
         self.actions.push_back(Action::SignalOrphans(Signal::Term));
         let kill_at = (now + self.orphan_grace).min(deadline.max(now));
-        self.phase = Phase::Orphans { kill_at, deadline, killed: false };
+        self.phase = Phase::Orphans {
+            kill_at,
+            deadline,
+            killed: false,
+        };
     }
 
     fn finish(&mut self) {

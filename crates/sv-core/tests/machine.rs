@@ -14,54 +14,14 @@ use sv_core::machine::*;
 use sv_core::signal::Signal;
 
 fn prog(name: &str) -> ProgramConfig {
-    ProgramConfig {
-        name: name.into(),
-        command: vec!["/bin/true".into()],
-        directory: None,
-        environment: vec![],
-        user: None,
-        umask: None,
-        priority: 999,
-        autostart: true,
-        autorestart: AutoRestart::Unexpected,
-        exitcodes: vec![0],
-        startsecs: Duration::from_secs(1),
-        startretries: 3,
-        stopsignal: Signal::Term,
-        stopwaitsecs: Duration::from_secs(10),
-        stopasgroup: true,
-        killasgroup: true,
-        redirect_stderr: false,
-        output: OutputMode::Capture,
-        critical: true,
-        backoff: BackoffConfig::default(),
-        readiness: ReadinessConfig {
-            check: ReadinessCheck::StartSecs,
-            timeout: Duration::from_secs(60),
-            interval: Duration::from_millis(250),
-        },
-        liveness: None,
-        watchdog: None,
-        depends_on: vec![],
-        on_dependency_restart: OnDependencyRestart::Wait,
-        bridge_publish: vec![],
-    }
+    ProgramConfig::new(name, vec!["/bin/true".into()])
 }
 
 fn config(programs: Vec<ProgramConfig>) -> Config {
     let mut programs = programs;
     programs.sort_by(|a, b| a.name.cmp(&b.name));
     Config {
-        supervisor: SupervisorSettings {
-            control_socket: PathBuf::from("/tmp/x.sock"),
-            control_socket_mode: 0o600,
-            log_format: LogFormat::Text,
-            shutdown_timeout: Duration::from_secs(8),
-            orphan_grace: Duration::from_millis(500),
-            log_buffer_lines: 100,
-            max_line_bytes: 16384,
-            http: None,
-        },
+        supervisor: SupervisorSettings::default(),
         programs,
         bridge: None,
     }

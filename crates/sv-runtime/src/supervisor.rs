@@ -755,33 +755,15 @@ impl Supervisor {
                     "the supervisor is shutting down",
                 ))
             }
-            Request::Start { programs } => match self.resolve(&programs) {
-                Ok(ids) => {
-                    for &id in &ids {
-                        self.machine.handle(now, Input::StartRequested(id));
-                    }
-                    Answer::Wait(ids, Goal::Running)
-                }
-                Err(e) => answer(e),
-            },
-            Request::Stop { programs } => match self.resolve(&programs) {
-                Ok(ids) => {
-                    for &id in &ids {
-                        self.machine.handle(now, Input::StopRequested(id));
-                    }
-                    Answer::Wait(ids, Goal::Stopped)
-                }
-                Err(e) => answer(e),
-            },
-            Request::Restart { programs } => match self.resolve(&programs) {
-                Ok(ids) => {
-                    for &id in &ids {
-                        self.machine.handle(now, Input::RestartRequested(id));
-                    }
-                    Answer::Wait(ids, Goal::Running)
-                }
-                Err(e) => answer(e),
-            },
+            Request::Start { programs } => {
+                self.order(now, &programs, Input::StartRequested, Goal::Running)
+            }
+            Request::Stop { programs } => {
+                self.order(now, &programs, Input::StopRequested, Goal::Stopped)
+            }
+            Request::Restart { programs } => {
+                self.order(now, &programs, Input::RestartRequested, Goal::Running)
+            }
             Request::Signal { signal, programs } => {
                 let sig = match signal.parse::<Signal>() {
                     Ok(s) => s,
@@ -874,6 +856,25 @@ impl Supervisor {
             Request::Logs { .. } | Request::Watch => {
                 answer(error_reply(code::BAD_REQUEST, "not a loop request"))
             }
+        }
+    }
+
+    /// `start`/`stop`/`restart`: feeds one input per program, then waits for `goal`.
+    fn order(
+        &mut self,
+        now: Instant,
+        names: &[String],
+        input: fn(ProgramId) -> Input,
+        goal: Goal,
+    ) -> Answer {
+        match self.resolve(names) {
+            Ok(ids) => {
+                for &id in &ids {
+                    self.machine.handle(now, input(id));
+                }
+                Answer::Wait(ids, goal)
+            }
+            Err(e) => Answer::Now(e),
         }
     }
 
@@ -1005,40 +1006,19 @@ fn resolve_uid(user: &str) -> Option<u32> {
 /// Adds the bridge as a supervised program: started first, stopped last, and every other
 /// program waits until its socket is listening (readiness `notify`).
 pub fn add_bridge_program(config: &mut Config, command: Vec<String>) {
-    use sv_core::config::{
-        AutoRestart, BackoffConfig, DependencyCondition, OnDependencyRestart, ReadinessConfig,
-    };
+    use sv_core::config::{AutoRestart, DependencyCondition, ReadinessConfig};
     let bridge = ProgramConfig {
-        name: BRIDGE_PROGRAM.into(),
-        command,
-        directory: None,
-        environment: vec![],
-        user: None,
-        umask: None,
         priority: i32::MIN,
-        autostart: true,
         autorestart: AutoRestart::Always,
-        exitcodes: vec![0],
         startsecs: Duration::ZERO,
         startretries: 10,
-        stopsignal: Signal::Term,
         stopwaitsecs: Duration::from_secs(3),
-        stopasgroup: true,
-        killasgroup: true,
-        redirect_stderr: false,
-        output: OutputMode::Capture,
-        critical: true,
-        backoff: BackoffConfig::default(),
         readiness: ReadinessConfig {
             check: ReadinessCheck::Notify,
             timeout: Duration::from_secs(30),
             interval: Duration::from_millis(250),
         },
-        liveness: None,
-        watchdog: None,
-        depends_on: vec![],
-        on_dependency_restart: OnDependencyRestart::Wait,
-        bridge_publish: vec![],
+        ..ProgramConfig::new(BRIDGE_PROGRAM, command)
     };
     for p in &mut config.programs {
         if !p.depends_on.iter().any(|(d, _)| d == BRIDGE_PROGRAM) {

@@ -42,36 +42,8 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn program(command: Vec<String>) -> ProgramConfig {
     ProgramConfig {
-        name: "proc-test".into(),
-        command,
-        directory: None,
-        environment: Vec::new(),
-        user: None,
-        umask: None,
-        priority: 999,
-        autostart: true,
-        autorestart: AutoRestart::Unexpected,
-        exitcodes: vec![0],
-        startsecs: Duration::from_secs(1),
-        startretries: 3,
-        stopsignal: Signal::Term,
-        stopwaitsecs: Duration::from_secs(10),
-        stopasgroup: true,
-        killasgroup: true,
-        redirect_stderr: false,
         output: OutputMode::Inherit,
-        critical: true,
-        backoff: BackoffConfig::default(),
-        readiness: ReadinessConfig {
-            check: ReadinessCheck::StartSecs,
-            timeout: Duration::from_secs(60),
-            interval: Duration::from_millis(250),
-        },
-        liveness: None,
-        watchdog: None,
-        depends_on: Vec::new(),
-        on_dependency_restart: OnDependencyRestart::Wait,
-        bridge_publish: Vec::new(),
+        ..ProgramConfig::new("proc-test", command)
     }
 }
 

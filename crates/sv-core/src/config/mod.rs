@@ -141,9 +141,9 @@ fn document(root: &DeTable<'_>, env: &dyn Fn(&str) -> Option<String>, sink: &mut
     let supervisor = match root.get("supervisor") {
         Some(f) => match f.table(sink, "[supervisor]".into()) {
             Some(t) => supervisor::supervisor(&t, sink),
-            None => supervisor::default_supervisor(),
+            None => SupervisorSettings::default(),
         },
-        None => supervisor::default_supervisor(),
+        None => SupervisorSettings::default(),
     };
     let bridge = root
         .get("bridge")

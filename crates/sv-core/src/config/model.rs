@@ -247,6 +247,61 @@ pub struct ProgramConfig {
     pub bridge_publish: Vec<String>,
 }
 
+impl ProgramConfig {
+    /// A program with every default (supervisord's where it has the option). This is what a
+    /// `[program.NAME]` table with only `command` means.
+    pub fn new(name: impl Into<String>, command: Vec<String>) -> ProgramConfig {
+        ProgramConfig {
+            name: name.into(),
+            command,
+            directory: None,
+            environment: Vec::new(),
+            user: None,
+            umask: None,
+            priority: 999,
+            autostart: true,
+            autorestart: AutoRestart::Unexpected,
+            exitcodes: vec![0],
+            startsecs: Duration::from_secs(1),
+            startretries: 3,
+            stopsignal: Signal::Term,
+            stopwaitsecs: Duration::from_secs(10),
+            stopasgroup: true,
+            killasgroup: true,
+            redirect_stderr: false,
+            output: OutputMode::Capture,
+            critical: true,
+            backoff: BackoffConfig::default(),
+            readiness: ReadinessConfig {
+                check: ReadinessCheck::StartSecs,
+                timeout: Duration::from_secs(60),
+                interval: Duration::from_millis(250),
+            },
+            liveness: None,
+            watchdog: None,
+            depends_on: Vec::new(),
+            on_dependency_restart: OnDependencyRestart::Wait,
+            bridge_publish: Vec::new(),
+        }
+    }
+}
+
+impl Default for SupervisorSettings {
+    /// The defaults documented on each field.
+    fn default() -> Self {
+        SupervisorSettings {
+            control_socket: PathBuf::from("/run/iot2mqtt-sv/control.sock"),
+            control_socket_mode: 0o600,
+            log_format: LogFormat::Text,
+            shutdown_timeout: Duration::from_secs(8),
+            orphan_grace: Duration::from_millis(500),
+            log_buffer_lines: 1000,
+            max_line_bytes: 16 * 1024,
+            http: None,
+        }
+    }
+}
+
 /// The `[bridge]` table: every field is optional and overrides the environment/.env value of
 /// the same meaning (resolved by `sv-bridge`, not here).
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -136,41 +136,6 @@ pub(super) struct ProgramSpans {
     pub(super) ready_bridge: Option<Range<usize>>,
 }
 
-fn default_program(name: &str) -> ProgramConfig {
-    ProgramConfig {
-        name: name.to_string(),
-        command: Vec::new(),
-        directory: None,
-        environment: Vec::new(),
-        user: None,
-        umask: None,
-        priority: 999,
-        autostart: true,
-        autorestart: AutoRestart::Unexpected,
-        exitcodes: vec![0],
-        startsecs: Duration::from_secs(1),
-        startretries: 3,
-        stopsignal: Signal::Term,
-        stopwaitsecs: Duration::from_secs(10),
-        stopasgroup: true,
-        killasgroup: true,
-        redirect_stderr: false,
-        output: OutputMode::Capture,
-        critical: true,
-        backoff: BackoffConfig::default(),
-        readiness: ReadinessConfig {
-            check: ReadinessCheck::StartSecs,
-            timeout: Duration::from_secs(60),
-            interval: Duration::from_millis(250),
-        },
-        liveness: None,
-        watchdog: None,
-        depends_on: Vec::new(),
-        on_dependency_restart: OnDependencyRestart::Wait,
-        bridge_publish: Vec::new(),
-    }
-}
-
 /// Reads an optional key: `None` when absent or wrong (the error is already recorded).
 fn read<'a, 'i, T>(
     table: &Table<'a, 'i>,
@@ -201,7 +166,7 @@ pub(super) fn program(
     };
     let table = field.table(sink, format!("[program.{}]", display_key(name)))?;
     table.check_keys_with(sink, PROGRAM_KEYS, supervisord_hint);
-    let mut p = default_program(name);
+    let mut p = ProgramConfig::new(name, Vec::new());
 
     match table.get("command") {
         Some(f) => p.command = f.command(sink).unwrap_or_default(),

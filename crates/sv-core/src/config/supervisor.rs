@@ -1,6 +1,5 @@
 //! The `[supervisor]` and `[bridge]` tables.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::diag::Sink;
@@ -48,20 +47,6 @@ const BRIDGE_KEYS: &[&str] = &[
     "client_key",
 ];
 
-/// The defaults documented on [`SupervisorSettings`].
-pub(super) fn default_supervisor() -> SupervisorSettings {
-    SupervisorSettings {
-        control_socket: PathBuf::from("/run/iot2mqtt-sv/control.sock"),
-        control_socket_mode: 0o600,
-        log_format: LogFormat::Text,
-        shutdown_timeout: Duration::from_secs(8),
-        orphan_grace: Duration::from_millis(500),
-        log_buffer_lines: 1000,
-        max_line_bytes: 16 * 1024,
-        http: None,
-    }
-}
-
 fn read<'a, 'i, T>(
     table: &Table<'a, 'i>,
     sink: &mut Sink,
@@ -78,7 +63,7 @@ fn usize_max() -> i64 {
 
 pub(super) fn supervisor(table: &Table<'_, '_>, sink: &mut Sink) -> SupervisorSettings {
     table.check_keys(sink, SUPERVISOR_KEYS);
-    let mut s = default_supervisor();
+    let mut s = SupervisorSettings::default();
     if let Some(v) = read(table, sink, "control_socket", |f, s| f.path(s)) {
         s.control_socket = v;
     }
