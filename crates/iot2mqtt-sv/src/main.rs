@@ -247,7 +247,8 @@ fn check(arg: &ConfigArg) -> u8 {
             } else {
                 ""
             };
-            println!(
+            let _ = writeln!(
+                std::io::stdout(),
                 "{}: ok: {} programs{bridge}",
                 path.display(),
                 cfg.programs.len()

@@ -969,6 +969,10 @@ impl Machine {
                 }
             }
         }
+        // A process now exists: dependents waiting for `started` may go.
+        if self.progs[id.0].state == State::Starting {
+            self.try_start_all(now);
+        }
     }
 
     fn become_ready(&mut self, now: Instant, id: ProgramId) {

@@ -5,7 +5,6 @@
 //! straight to the next timeout, so seconds of backoff and stop deadlines pass in microseconds.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -441,6 +440,20 @@ fn dependents_stop_before_dependencies_even_against_priority() {
     w.run_until(Duration::from_secs(20), |w| w.exit_code.is_some());
     let order: Vec<_> = w.exits.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(order, ["app", "db"]);
+}
+
+#[test]
+fn started_dependency_lets_the_dependent_go_before_it_is_ready() {
+    let mut db = prog("db");
+    db.readiness.check = ReadinessCheck::Notify;
+    let mut app = prog("app");
+    app.depends_on = vec![("db".into(), DependencyCondition::Started)];
+    let mut w = World::new(config(vec![db, app]));
+    w.boot();
+    // db has a process but never reports readiness: `started` holds all the same.
+    assert_eq!(w.state("db"), State::Starting);
+    let names: Vec<_> = w.spawns.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, ["db", "app"]);
 }
 
 #[test]

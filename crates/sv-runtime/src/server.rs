@@ -116,7 +116,7 @@ async fn connection(stream: UnixStream, ctx: Context, mut stop: watch::Receiver<
                 lines,
                 follow,
             }) => {
-                if !ctx.names.iter().any(|n| *n == program) {
+                if !ctx.names.contains(&program) {
                     error_reply(
                         code::UNKNOWN_PROGRAM,
                         format!("no program named {program:?}"),

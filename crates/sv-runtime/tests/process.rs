@@ -13,12 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
-
-use sv_core::config::{
-    AutoRestart, BackoffConfig, OnDependencyRestart, OutputMode, ProgramConfig, ReadinessCheck,
-    ReadinessConfig,
-};
+use sv_core::config::{OutputMode, ProgramConfig};
 use sv_core::machine::ExitStatus;
 use sv_core::signal::Signal;
 use sv_runtime::reap::{self, ReaperMode};

@@ -9,7 +9,7 @@
 //! - [`cargo_bin`]: the path of any binary built in this workspace's target directory.
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -151,7 +151,12 @@ impl Mosquitto {
             .arg(&conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // A file, not a pipe: nobody reads a pipe while the broker runs, and a full pipe
+            // (64 KiB of log) would freeze the broker in write(2).
+            .stderr(
+                std::fs::File::create(self.dir.path().join("mosquitto.log"))
+                    .expect("creating mosquitto.log"),
+            )
             .spawn()
             .expect("spawning mosquitto");
         let port = self.port;
@@ -172,10 +177,9 @@ impl Mosquitto {
         };
         if !ok {
             let _ = child.kill();
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
+            let _ = child.wait();
+            let err =
+                std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default();
             panic!("mosquitto did not start on port {port}: {err}");
         }
         self.child = Some(child);

@@ -1,0 +1,1297 @@
+//! The bridge's one state-owning task: the MQTT connection, the outbox, the programs' sessions,
+//! command routing and the instance status.
+//!
+//! Everything else (the socket acceptor, per-connection readers and writers, the rumqttc event
+//! loop of the current connection) runs in its own task and talks to this one through bounded
+//! channels, so no state is shared or locked. Invariants kept here:
+//! - `online` is published only while connected and every critical program (other than the
+//!   bridge itself) is healthy, and again after every reconnect (platform defects 1 and 2);
+//! - every message goes through the [`Outbox`] and leaves it only when the broker acknowledged
+//!   it, so a reconnect loses nothing (defect 3);
+//! - each rumqttc connection is used once: on any error it is dropped and a new one is made after
+//!   our own jittered backoff, because rumqttc reconnects immediately and forgets its queue;
+//! - nothing received from a program or the broker can panic this task: every input is parsed
+//!   into a typed value or answered with an error.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
+use serde_json::{Map, Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::codec::{CmdStatus, DeviceSet, ErrorCode, Op, Reply, Request, encode_reply};
+use crate::outbox::{Message, Outbox};
+use crate::settings::Settings;
+use crate::topics::{Inbound, Topics, matches, valid_filter, valid_segment, valid_topic};
+use crate::{BridgeError, ReadyReport, SupervisorView, server, time};
+
+/// The bridge's own program name in the supervisor's table.
+const SELF_NAME: &str = "bridge";
+/// QoS ≥ 1 messages handed to rumqttc before their acknowledgement; below rumqttc's inflight
+/// limit (100) so its packet ids never collide and acknowledgements map back in order.
+const WINDOW: usize = 32;
+/// A connection closed within this after CONNACK counts as "dropped right after connecting".
+const QUICK_DROP: Duration = Duration::from_secs(3);
+/// Consecutive quick drops before the "same client id" diagnosis is logged.
+const QUICK_DROPS_BEFORE_DIAGNOSIS: u32 = 3;
+/// A connection that lived this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Bound on waiting for the PUBACK of the final `offline`.
+const STOP_ACK_WAIT: Duration = Duration::from_secs(3);
+
+/// Messages from the socket side.
+#[derive(Debug)]
+pub(crate) enum FromConn {
+    /// A program connected.
+    Opened {
+        conn: u64,
+        pid: Option<i32>,
+        tx: mpsc::Sender<String>,
+    },
+    /// A decoded request.
+    Request { conn: u64, req: Request },
+    /// A line that is not a request, answered in order with the others.
+    Refused { conn: u64, reply: Reply },
+    /// The connection ended.
+    Closed { conn: u64 },
+}
+
+#[derive(Debug)]
+pub(crate) enum MqttEv {
+    Event(u64, Box<Event>),
+    Down(u64, String),
+}
+
+#[derive(Debug)]
+struct Conn {
+    tx: mpsc::Sender<String>,
+    pid: Option<i32>,
+    program: Option<String>,
+    subs: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    deadline: Instant,
+    mqtt_id: bool,
+    conn: u64,
+}
+
+/// Reconnect backoff: 250 ms doubling to 30 s, ±20 % jitter so a fleet restarting together
+/// does not reconnect in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let base = 250u64.saturating_mul(1u64 << attempt.min(7)).min(30_000);
+    let jitter = (base as f64 * 0.2 * (fastrand::f64() * 2.0 - 1.0)) as i64;
+    Duration::from_millis((base as i64 + jitter).max(50) as u64)
+}
+
+fn qos_of(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Identifies the supervised program a peer process belongs to: its pid, or its session id
+/// (every program is spawned as a session leader, so a program's descendants share its sid).
+pub(crate) fn identify(pid: i32, view: &SupervisorView) -> Option<String> {
+    if let Some(p) = view.programs.iter().find(|p| p.pid == Some(pid)) {
+        return Some(p.name.clone());
+    }
+    let sid = session_id(pid)?;
+    view.programs
+        .iter()
+        .find(|p| p.pid == Some(sid))
+        .map(|p| p.name.clone())
+}
+
+/// Field 6 of `/proc/<pid>/stat` (proc(5)); the command name in field 2 may contain spaces and
+/// parentheses, so fields are counted after the last `)`.
+fn session_id(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ")": state(3) ppid(4) pgrp(5) session(6).
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+pub(crate) struct Engine {
+    s: Arc<Settings>,
+    topics: Topics,
+    options: MqttOptions,
+    max_packet: usize,
+    outbox: Outbox,
+    drop_episode: bool,
+    // Connection.
+    client: Option<AsyncClient>,
+    generation: u64,
+    connected: bool,
+    connected_at: Option<Instant>,
+    attempt: u32,
+    quick_drops: u32,
+    reconnect_at: Option<Instant>,
+    fifo: VecDeque<(u64, u8)>,
+    pkids: HashMap<u16, u64>,
+    inflight: usize,
+    ev_tx: mpsc::Sender<MqttEv>,
+    status_sent: Option<bool>,
+    // Programs.
+    conns: HashMap<u64, Conn>,
+    handlers: HashMap<String, u64>,
+    all_handler: Option<u64>,
+    meta_handler: Option<u64>,
+    pending: HashMap<(String, String), Pending>,
+    cmd_seq: u64,
+    states: HashMap<String, Map<String, Value>>,
+    availability: HashMap<String, bool>,
+    view: SupervisorView,
+    ready_tx: mpsc::Sender<ReadyReport>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("connected", &self.connected)
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) async fn run(
+    settings: Settings,
+    mut supervisor: watch::Receiver<SupervisorView>,
+    ready: mpsc::Sender<ReadyReport>,
+    shutdown: impl Future<Output = ()>,
+    on_listening: impl FnOnce(),
+) -> Result<(), BridgeError> {
+    let s = Arc::new(settings);
+    let listener = server::bind(&s)?;
+    on_listening();
+    let (conn_tx, mut conn_rx) = mpsc::channel::<FromConn>(256);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<MqttEv>(256);
+    let acceptor = tokio::spawn(server::accept_loop(
+        listener,
+        s.max_line_bytes,
+        conn_tx.clone(),
+    ));
+    drop(conn_tx);
+
+    let mut engine = Engine::new(s.clone(), ready, ev_tx);
+    engine.view = supervisor.borrow_and_update().clone();
+    engine.connect();
+    tracing::info!(socket = %s.socket.display(), host = %s.host, port = s.port, client_id = %s.client_id, "bridge started");
+
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut view_open = true;
+    loop {
+        let accept = !(engine.connected && engine.outbox.is_full());
+        let deadline = engine.next_deadline();
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(ev) = ev_rx.recv() => engine.on_mqtt(ev),
+            Some(msg) = conn_rx.recv(), if accept => engine.on_conn(msg),
+            changed = supervisor.changed(), if view_open => match changed {
+                Ok(()) => {
+                    let v = supervisor.borrow_and_update().clone();
+                    engine.on_view(v);
+                }
+                Err(_) => view_open = false,
+            },
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                engine.on_timer();
+            }
+        }
+    }
+
+    acceptor.abort();
+    let _ = std::fs::remove_file(&s.socket);
+    engine.stop(&mut ev_rx).await;
+    tracing::info!("bridge stopped");
+    Ok(())
+}
+
+impl Engine {
+    pub(crate) fn new(
+        s: Arc<Settings>,
+        ready_tx: mpsc::Sender<ReadyReport>,
+        ev_tx: mpsc::Sender<MqttEv>,
+    ) -> Engine {
+        let topics = Topics::new(&s.base_topic, &s.instance);
+        let max_packet = (s.max_line_bytes * 4).max(1 << 20);
+        let mut o = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        o.set_keep_alive(s.keepalive);
+        o.set_clean_session(true);
+        // Set before the first CONNECT: the broker publishes it on any unclean disconnect.
+        o.set_last_will(LastWill::new(
+            topics.status(),
+            "offline",
+            QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some(u) = &s.username {
+            o.set_credentials(
+                u.clone(),
+                s.password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        o.set_max_packet_size(max_packet + 1024, max_packet + 1024);
+        o.set_inflight(100);
+        o.set_request_channel_capacity(4 * WINDOW + 64);
+        if let Some(tls) = &s.tls {
+            o.set_transport(Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls.config.clone()),
+            ));
+        }
+        Engine {
+            outbox: Outbox::new(s.outbox_max_messages, s.outbox_max_bytes),
+            s,
+            topics,
+            options: o,
+            max_packet,
+            drop_episode: false,
+            client: None,
+            generation: 0,
+            connected: false,
+            connected_at: None,
+            attempt: 0,
+            quick_drops: 0,
+            reconnect_at: None,
+            fifo: VecDeque::new(),
+            pkids: HashMap::new(),
+            inflight: 0,
+            ev_tx,
+            status_sent: None,
+            conns: HashMap::new(),
+            handlers: HashMap::new(),
+            all_handler: None,
+            meta_handler: None,
+            pending: HashMap::new(),
+            cmd_seq: 0,
+            states: HashMap::new(),
+            availability: HashMap::new(),
+            view: SupervisorView::default(),
+            ready_tx,
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let cmd = self.pending.values().map(|p| p.deadline).min();
+        match (cmd, self.reconnect_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- MQTT connection -------------------------------------------------------------------
+
+    fn connect(&mut self) {
+        self.reconnect_at = None;
+        self.generation += 1;
+        let (client, el) = AsyncClient::new(self.options.clone(), 4 * WINDOW + 64);
+        tokio::spawn(drive(el, self.generation, self.ev_tx.clone()));
+        self.client = Some(client);
+        self.connected = false;
+        tracing::debug!(generation = self.generation, "connecting to broker");
+    }
+
+    fn on_mqtt(&mut self, ev: MqttEv) {
+        match ev {
+            MqttEv::Down(g, err) if g == self.generation => self.on_down(err),
+            MqttEv::Down(..) => {}
+            MqttEv::Event(g, ev) if g == self.generation => self.on_event(*ev),
+            MqttEv::Event(..) => {}
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Incoming(Packet::ConnAck(_)) => self.on_connected(),
+            Event::Incoming(Packet::Publish(p)) => {
+                self.on_inbound(&p.topic, &p.payload, p.retain);
+            }
+            Event::Incoming(Packet::PubAck(a)) => self.on_ack(a.pkid),
+            Event::Incoming(Packet::PubComp(c)) => self.on_ack(c.pkid),
+            Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => {
+                if let Some((id, qos)) = self.fifo.pop_front() {
+                    if qos == 0 {
+                        self.outbox.ack(id);
+                        self.pump();
+                    } else {
+                        self.pkids.insert(pkid, id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connected(&mut self) {
+        self.connected = true;
+        self.connected_at = Some(Instant::now());
+        tracing::info!(host = %self.s.host, port = self.s.port, "connected to broker");
+        let mut filters: Vec<String> = self.topics.inbound_filters().to_vec();
+        for c in self.conns.values() {
+            for f in &c.subs {
+                if !filters.contains(f) {
+                    filters.push(f.clone());
+                }
+            }
+        }
+        if let Some(client) = &self.client {
+            let subs = filters
+                .into_iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+            if let Err(e) = client.try_subscribe_many(subs) {
+                tracing::warn!(error = %e, "subscribing failed");
+            }
+        }
+        self.status_sent = None;
+        self.update_status();
+        self.pump();
+    }
+
+    fn on_down(&mut self, err: String) {
+        let was_connected = self.connected;
+        self.connected = false;
+        self.client = None;
+        self.fifo.clear();
+        self.pkids.clear();
+        self.inflight = 0;
+        self.outbox.requeue_all();
+        self.status_sent = None;
+        let lived = self.connected_at.take().map(|t| t.elapsed());
+        match lived {
+            Some(l) if l < QUICK_DROP => {
+                self.quick_drops += 1;
+                if self.quick_drops >= QUICK_DROPS_BEFORE_DIAGNOSIS {
+                    tracing::error!(
+                        client_id = %self.s.client_id,
+                        drops = self.quick_drops,
+                        "the broker keeps closing the connection right after accepting it; another client probably uses the same client id"
+                    );
+                }
+            }
+            Some(l) => {
+                self.quick_drops = 0;
+                if l >= STABLE_AFTER {
+                    self.attempt = 0;
+                }
+            }
+            None => {}
+        }
+        let delay = backoff(self.attempt);
+        self.attempt = self.attempt.saturating_add(1);
+        if was_connected {
+            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, queued = self.outbox.len(), "disconnected from broker");
+        } else {
+            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot connect to broker");
+        }
+        self.reconnect_at = Some(Instant::now() + delay);
+    }
+
+    fn on_ack(&mut self, pkid: u16) {
+        if let Some(id) = self.pkids.remove(&pkid) {
+            self.outbox.ack(id);
+            self.inflight = self.inflight.saturating_sub(1);
+            if self.drop_episode && self.outbox.is_empty() {
+                self.drop_episode = false;
+                tracing::info!(
+                    dropped_total = self.outbox.dropped_total(),
+                    "outbox drained"
+                );
+            }
+            self.pump();
+        }
+    }
+
+    /// Hands unsent outbox messages to the connection, up to the window.
+    fn pump(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let Some(client) = &self.client else { return };
+        while self.inflight < WINDOW {
+            let Some((id, msg)) = self.outbox.next_unsent() else {
+                break;
+            };
+            let (qos, topic, retain, payload) =
+                (msg.qos, msg.topic.clone(), msg.retain, msg.payload.clone());
+            match client.try_publish(topic, qos_of(qos), retain, payload) {
+                Ok(()) => {
+                    self.outbox.mark_sent(id);
+                    self.fifo.push_back((id, qos));
+                    if qos > 0 {
+                        self.inflight += 1;
+                    }
+                }
+                // Full request channel: the next acknowledgement pumps again.
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Queues one message. Topic and size were validated by the caller or are ours.
+    fn publish(&mut self, topic: String, payload: Vec<u8>, qos: u8, retain: bool) -> bool {
+        if !valid_topic(&topic) || topic.len() + payload.len() > self.max_packet {
+            tracing::warn!(topic = %topic, bytes = payload.len(), "message not publishable (invalid topic or too large)");
+            return false;
+        }
+        let (_, outcome) = self.outbox.push(Message {
+            topic,
+            payload,
+            qos,
+            retain,
+        });
+        if outcome.dropped > 0 && !self.drop_episode {
+            self.drop_episode = true;
+            tracing::warn!(
+                max_messages = self.s.outbox_max_messages,
+                max_bytes = self.s.outbox_max_bytes,
+                "outbox full; dropping the oldest messages until the broker catches up"
+            );
+        }
+        self.pump();
+        true
+    }
+
+    fn publish_json(&mut self, topic: String, v: &Value, qos: u8, retain: bool) -> bool {
+        self.publish(topic, v.to_string().into_bytes(), qos, retain)
+    }
+
+    fn desired_status(&self) -> bool {
+        self.connected
+            && self
+                .view
+                .programs
+                .iter()
+                .filter(|p| p.critical && p.name != SELF_NAME)
+                .all(|p| p.healthy)
+    }
+
+    fn update_status(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let want = self.desired_status();
+        if self.status_sent != Some(want) {
+            self.status_sent = Some(want);
+            let payload = if want { "online" } else { "offline" };
+            tracing::info!(status = payload, "instance status");
+            let topic = self.topics.status();
+            self.publish(topic, payload.as_bytes().to_vec(), 1, true);
+        }
+    }
+
+    async fn stop(&mut self, ev_rx: &mut mpsc::Receiver<MqttEv>) {
+        if !self.connected {
+            return;
+        }
+        let (id, _) = self.outbox.push(Message {
+            topic: self.topics.status(),
+            payload: b"offline".to_vec(),
+            qos: 1,
+            retain: true,
+        });
+        self.pump();
+        let deadline = Instant::now() + STOP_ACK_WAIT;
+        while self.connected && self.outbox_contains(id) {
+            tokio::select! {
+                Some(ev) = ev_rx.recv() => self.on_mqtt(ev),
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!("no acknowledgement for the final offline status");
+                    break;
+                }
+            }
+        }
+        if let Some(c) = &self.client {
+            let _ = c.try_disconnect();
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.client.is_some() {
+            tokio::select! {
+                Some(ev) = ev_rx.recv() => {
+                    if matches!(ev, MqttEv::Down(g, _) if g == self.generation) {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if !self.outbox.is_empty() {
+            tracing::warn!(
+                unsent = self.outbox.len(),
+                "stopping with unacknowledged messages"
+            );
+        }
+    }
+
+    fn outbox_contains(&self, id: u64) -> bool {
+        self.outbox.contains(id)
+    }
+
+    // ---- timers and supervisor -------------------------------------------------------------
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.reconnect_at.is_some_and(|t| t <= now) {
+            self.connect();
+        }
+        let expired: Vec<(String, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            if let Some(p) = self.pending.remove(&key) {
+                let program = self.program_name(p.conn);
+                tracing::warn!(device = %key.0, cmd_id = %key.1, program = %program, "command timed out");
+                let reason = format!("no result from program {program} within the command timeout");
+                self.fail_command(
+                    &key.0,
+                    p.mqtt_id.then_some(key.1.as_str()),
+                    "timeout",
+                    &reason,
+                );
+            }
+        }
+    }
+
+    fn on_view(&mut self, view: SupervisorView) {
+        self.view = view;
+        let ids: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.program.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.resolve_identity(id);
+        }
+        self.update_status();
+    }
+
+    fn resolve_identity(&mut self, conn: u64) {
+        let view = &self.view;
+        if let Some(c) = self.conns.get_mut(&conn)
+            && c.program.is_none()
+            && let Some(pid) = c.pid
+        {
+            c.program = identify(pid, view);
+            if let Some(p) = &c.program {
+                tracing::debug!(conn, program = %p, pid, "program identified");
+            }
+        }
+    }
+
+    fn program_name(&self, conn: u64) -> String {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.program.clone())
+            .unwrap_or_else(|| "unknown".to_string())
+    }
+
+    // ---- programs --------------------------------------------------------------------------
+
+    fn send_to(&mut self, conn: u64, reply: &Reply) -> bool {
+        let Some(c) = self.conns.get(&conn) else {
+            return false;
+        };
+        match c.tx.try_send(encode_reply(reply)) {
+            Ok(()) => true,
+            Err(_) => {
+                let program = self.program_name(conn);
+                tracing::warn!(conn, program = %program, "program is not reading the bridge socket; message dropped");
+                false
+            }
+        }
+    }
+
+    pub(crate) fn on_conn(&mut self, msg: FromConn) {
+        match msg {
+            FromConn::Opened { conn, pid, tx } => {
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        tx,
+                        pid,
+                        program: None,
+                        subs: Vec::new(),
+                    },
+                );
+                self.resolve_identity(conn);
+                let program = self.program_name(conn);
+                tracing::debug!(conn, pid, program = %program, "program connected");
+            }
+            FromConn::Closed { conn } => self.on_closed(conn),
+            FromConn::Refused { conn, reply } => {
+                self.send_to(conn, &reply);
+            }
+            FromConn::Request { conn, req } => {
+                if self.conns.get(&conn).is_some_and(|c| c.program.is_none()) {
+                    self.resolve_identity(conn);
+                }
+                let id = req.id.clone();
+                let reply = match self.on_request(conn, req.op) {
+                    Ok(()) => Reply::Ok { id },
+                    Err((code, message)) => {
+                        let program = self.program_name(conn);
+                        tracing::debug!(conn, program = %program, code = code.as_str(), message = %message, "request refused");
+                        Reply::error(id, code, message)
+                    }
+                };
+                self.send_to(conn, &reply);
+            }
+        }
+    }
+
+    fn on_closed(&mut self, conn: u64) {
+        let program = self.program_name(conn);
+        tracing::debug!(conn, program = %program, "program disconnected");
+        self.conns.remove(&conn);
+        self.handlers.retain(|_, c| *c != conn);
+        if self.all_handler == Some(conn) {
+            self.all_handler = None;
+        }
+        if self.meta_handler == Some(conn) {
+            self.meta_handler = None;
+        }
+        let orphaned: Vec<(String, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.conn == conn)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in orphaned {
+            if let Some(p) = self.pending.remove(&key) {
+                let reason = format!("program {program} disconnected before answering");
+                self.fail_command(
+                    &key.0,
+                    p.mqtt_id.then_some(key.1.as_str()),
+                    "handler_gone",
+                    &reason,
+                );
+            }
+        }
+    }
+
+    fn on_request(&mut self, conn: u64, op: Op) -> Result<(), (ErrorCode, String)> {
+        let qos = self.s.qos;
+        let now = time::now(&self.s.tz);
+        match op {
+            Op::Ping => Ok(()),
+            Op::Hello { devices, meta } => {
+                match devices {
+                    None | Some(DeviceSet::All(_)) => self.all_handler = Some(conn),
+                    Some(DeviceSet::Some(list)) => {
+                        for d in list {
+                            if let Some(old) = self.handlers.insert(d.clone(), conn)
+                                && old != conn
+                            {
+                                tracing::warn!(device = %d, "device claimed by another program; the newest claim wins");
+                            }
+                        }
+                    }
+                }
+                if meta {
+                    self.meta_handler = Some(conn);
+                }
+                Ok(())
+            }
+            Op::State {
+                device_id,
+                state,
+                replace,
+            } => {
+                // The retained envelope is always the full merged state, so a partial answer
+                // to a filtered `get` never shrinks it (platform defect 7).
+                let full = self.states.entry(device_id.clone()).or_default();
+                if replace {
+                    full.clear();
+                }
+                for (k, v) in &state {
+                    full.insert(k.clone(), v.clone());
+                }
+                let envelope = json!({"timestamp": now, "device_id": device_id, "state": full});
+                let online = full.get("online").and_then(Value::as_bool);
+                let topic = self.topics.device(&device_id, "state");
+                if !self.publish_json(topic, &envelope, qos, self.s.retain) {
+                    return Err((ErrorCode::BadRequest, "state too large to publish".into()));
+                }
+                if self.s.property_topics {
+                    for (k, v) in &state {
+                        if valid_segment(k) {
+                            let t = self.topics.device(&device_id, &format!("state/{k}"));
+                            self.publish_json(t, v, qos, self.s.retain);
+                        }
+                    }
+                }
+                if let Some(online) = online
+                    && self.availability.get(&device_id) != Some(&online)
+                {
+                    self.availability.insert(device_id.clone(), online);
+                    let t = self.topics.device(&device_id, "availability");
+                    let p = if online { "online" } else { "offline" };
+                    self.publish(t, p.as_bytes().to_vec(), 1, true);
+                }
+                Ok(())
+            }
+            Op::Event {
+                device_id,
+                event,
+                data,
+            } => {
+                let t = self.topics.device(&device_id, "events");
+                let v = json!({"timestamp": now, "event": event, "data": data});
+                if !self.publish_json(t, &v, qos, false) {
+                    return Err((ErrorCode::BadRequest, "event too large to publish".into()));
+                }
+                let g = json!({
+                    "source": format!("{}_{}", self.s.instance, device_id),
+                    "event": event,
+                    "data": data,
+                    "timestamp": now,
+                });
+                let t = self.topics.global_events();
+                self.publish_json(t, &g, qos, false);
+                Ok(())
+            }
+            Op::Error {
+                device_id,
+                error_code,
+                message,
+                severity,
+            } => {
+                let t = self.topics.device(&device_id, "error");
+                let v = json!({"timestamp": now, "error_code": error_code, "message": message, "severity": severity});
+                self.checked(t, &v, qos, false)
+            }
+            Op::Telemetry { device_id, metrics } => {
+                let t = self.topics.device(&device_id, "telemetry");
+                let v = json!({"timestamp": now, "metrics": metrics});
+                self.checked(t, &v, qos, false)
+            }
+            Op::DevicesList { devices } => {
+                let t = self.topics.meta("devices_list");
+                self.checked(t, &Value::Array(devices), 1, true)
+            }
+            Op::CmdResult {
+                device_id,
+                cmd_id,
+                status,
+                result,
+                error,
+            } => {
+                let key = match device_id {
+                    Some(d) => Some((d, cmd_id.clone())).filter(|k| self.pending.contains_key(k)),
+                    None => self.pending.keys().find(|(_, c)| *c == cmd_id).cloned(),
+                };
+                let Some((key, p)) = key.and_then(|k| self.pending.remove_entry(&k)) else {
+                    return Err((
+                        ErrorCode::UnknownCommand,
+                        format!("no pending command {cmd_id:?} (already answered or timed out)"),
+                    ));
+                };
+                if p.mqtt_id {
+                    let mut v = json!({
+                        "cmd_id": key.1,
+                        "status": match status { CmdStatus::Success => "success", CmdStatus::Error => "error" },
+                        "timestamp": now,
+                    });
+                    if let Some(r) = result {
+                        v["result"] = r;
+                    }
+                    if let Some(e) = error {
+                        v["error"] = e;
+                    }
+                    let t = self.topics.device(&key.0, "cmd/response");
+                    self.publish_json(t, &v, qos.max(1), false);
+                }
+                Ok(())
+            }
+            Op::Ready => {
+                let (Some(program), Some(pid)) = (
+                    self.conns.get(&conn).and_then(|c| c.program.clone()),
+                    self.conns.get(&conn).and_then(|c| c.pid),
+                ) else {
+                    return Err((
+                        ErrorCode::UnknownProgram,
+                        "this connection does not belong to a supervised program".into(),
+                    ));
+                };
+                let pid = self
+                    .view
+                    .programs
+                    .iter()
+                    .find(|p| p.name == program)
+                    .and_then(|p| p.pid)
+                    .unwrap_or(pid);
+                tracing::info!(program = %program, pid, "program reports ready");
+                self.ready_tx
+                    .try_send(ReadyReport { program, pid })
+                    .map_err(|_| {
+                        (
+                            ErrorCode::Unavailable,
+                            "the supervisor cannot be told right now".into(),
+                        )
+                    })
+            }
+            Op::Subscribe { topic } => {
+                if !valid_filter(&topic) {
+                    return Err((
+                        ErrorCode::BadRequest,
+                        format!("invalid topic filter {topic:?}"),
+                    ));
+                }
+                let c = self
+                    .conns
+                    .get_mut(&conn)
+                    .ok_or((ErrorCode::Unavailable, "connection closed".into()))?;
+                if !c.subs.contains(&topic) {
+                    c.subs.push(topic.clone());
+                }
+                if self.connected
+                    && let Some(client) = &self.client
+                {
+                    client
+                        .try_subscribe(topic, QoS::AtLeastOnce)
+                        .map_err(|_| (ErrorCode::Overloaded, "subscription queue full".into()))?;
+                }
+                Ok(())
+            }
+            Op::Publish {
+                topic,
+                payload,
+                qos: q,
+                retain,
+            } => {
+                if !valid_topic(&topic) {
+                    return Err((ErrorCode::BadRequest, format!("invalid topic {topic:?}")));
+                }
+                let program = self.program_name(conn);
+                let allowed = self.topics.inside_instance(&topic)
+                    || self
+                        .s
+                        .program_publish
+                        .get(&program)
+                        .is_some_and(|fs| fs.iter().any(|f| matches(f, &topic)));
+                if !allowed {
+                    tracing::warn!(program = %program, topic = %topic, "publish outside the allowed topics refused");
+                    return Err((
+                        ErrorCode::Forbidden,
+                        format!("program {program} may not publish to {topic:?}"),
+                    ));
+                }
+                let bytes = match payload {
+                    Value::String(s) => s.into_bytes(),
+                    other => other.to_string().into_bytes(),
+                };
+                if self.publish(topic, bytes, q.unwrap_or(qos), retain) {
+                    Ok(())
+                } else {
+                    Err((ErrorCode::BadRequest, "message too large to publish".into()))
+                }
+            }
+        }
+    }
+
+    fn checked(
+        &mut self,
+        topic: String,
+        v: &Value,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), (ErrorCode, String)> {
+        if self.publish_json(topic, v, qos, retain) {
+            Ok(())
+        } else {
+            Err((ErrorCode::BadRequest, "message too large to publish".into()))
+        }
+    }
+
+    // ---- inbound MQTT ----------------------------------------------------------------------
+
+    pub(crate) fn on_inbound(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        match self.topics.classify(topic) {
+            // Retained commands are stale by definition; executing them on every reconnect
+            // would repeat old actions.
+            Some(_) if retain => {
+                tracing::warn!(topic, "ignoring a retained request");
+            }
+            Some(Inbound::DeviceCmd(d)) => self.on_device_cmd(&d, parse_object(payload)),
+            Some(Inbound::DeviceGet(d)) => self.on_get(&d, payload),
+            Some(Inbound::GroupCmd(g)) => self.on_group_cmd(&g, payload),
+            Some(Inbound::MetaRequest(kind)) => self.on_meta_request(&kind, payload),
+            None => {}
+        }
+        let text = String::from_utf8_lossy(payload).into_owned();
+        let targets: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.subs.iter().any(|f| matches(f, topic)))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in targets {
+            let m = Reply::Message {
+                topic: topic.to_string(),
+                payload: text.clone(),
+                retain,
+            };
+            self.send_to(conn, &m);
+        }
+    }
+
+    fn handler_for(&self, device: &str) -> Option<u64> {
+        self.handlers.get(device).copied().or(self.all_handler)
+    }
+
+    /// Publishes a failed command: `cmd/response` when the command had an id, and always an
+    /// `error` on the device.
+    fn fail_command(&mut self, device: &str, cmd_id: Option<&str>, code: &str, reason: &str) {
+        let now = time::now(&self.s.tz);
+        let qos = self.s.qos;
+        if let Some(id) = cmd_id {
+            let v = json!({"cmd_id": id, "status": "error", "timestamp": now, "error": reason});
+            let t = self.topics.device(device, "cmd/response");
+            self.publish_json(t, &v, qos.max(1), false);
+        }
+        let v =
+            json!({"timestamp": now, "error_code": code, "message": reason, "severity": "error"});
+        let t = self.topics.device(device, "error");
+        self.publish_json(t, &v, qos, false);
+    }
+
+    fn on_device_cmd(&mut self, device: &str, obj: Option<Map<String, Value>>) {
+        let Some(mut obj) = obj else {
+            self.fail_command(
+                device,
+                None,
+                "invalid_command",
+                "command payload is not a json object",
+            );
+            return;
+        };
+        let mqtt_id = match obj.remove("id") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let timestamp = obj.remove("timestamp");
+        let timeout = obj.remove("timeout");
+        let id_ref = mqtt_id.as_deref();
+        if let Some(ts) = timestamp.as_ref().filter(|v| !v.is_null()) {
+            let parsed = match ts {
+                Value::String(s) => time::parse(s, &self.s.tz),
+                // Unix time: seconds, or milliseconds when it is too large to be seconds.
+                Value::Number(n) => n.as_f64().and_then(|f| {
+                    let secs = if f.abs() >= 1e11 { f / 1000.0 } else { f };
+                    jiff::Timestamp::from_millisecond((secs * 1000.0) as i64).ok()
+                }),
+                _ => None,
+            };
+            let Some(at) = parsed else {
+                self.fail_command(
+                    device,
+                    id_ref,
+                    "invalid_command",
+                    &format!("invalid timestamp {ts}"),
+                );
+                return;
+            };
+            let age = jiff::Timestamp::now().duration_since(at);
+            if age
+                > jiff::SignedDuration::try_from(self.s.max_command_age)
+                    .unwrap_or(jiff::SignedDuration::MAX)
+            {
+                let reason = format!(
+                    "command expired: issued {}s ago, older than max_command_age {}s",
+                    age.as_secs(),
+                    self.s.max_command_age.as_secs()
+                );
+                self.fail_command(device, id_ref, "command_expired", &reason);
+                return;
+            }
+        }
+        let timeout = timeout
+            .and_then(|v| v.as_u64())
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms.min(600_000)))
+            .unwrap_or(self.s.default_command_timeout);
+        let values = match obj.remove("values") {
+            Some(Value::Object(v)) => v,
+            // The platform also sends flat commands without `values`.
+            Some(other) => {
+                let mut m = Map::new();
+                m.insert("values".into(), other);
+                m
+            }
+            None => obj,
+        };
+        let Some(conn) = self.handler_for(device) else {
+            self.fail_command(
+                device,
+                id_ref,
+                "no_handler",
+                &format!("no program handles device {device}"),
+            );
+            return;
+        };
+        let cmd_id = mqtt_id.clone().unwrap_or_else(|| {
+            self.cmd_seq += 1;
+            format!("sv-{}", self.cmd_seq)
+        });
+        let cmd = Reply::Cmd {
+            device_id: device.to_string(),
+            cmd_id: cmd_id.clone(),
+            values,
+            timeout: timeout.as_millis() as u64,
+            timestamp: time::now(&self.s.tz),
+        };
+        if !self.send_to(conn, &cmd) {
+            let program = self.program_name(conn);
+            self.fail_command(
+                device,
+                mqtt_id.as_deref(),
+                "handler_busy",
+                &format!("program {program} is not reading its commands"),
+            );
+            return;
+        }
+        self.pending.insert(
+            (device.to_string(), cmd_id),
+            Pending {
+                deadline: Instant::now() + timeout,
+                mqtt_id: mqtt_id.is_some(),
+                conn,
+            },
+        );
+    }
+
+    fn on_group_cmd(&mut self, group: &str, payload: &[u8]) {
+        let Some(g) = self
+            .s
+            .instance_config
+            .groups
+            .iter()
+            .find(|g| g.group_id == group)
+            .cloned()
+        else {
+            tracing::warn!(group, "command for an unknown group ignored");
+            return;
+        };
+        let obj = parse_object(payload);
+        for member in &g.devices {
+            let enabled = self
+                .s
+                .instance_config
+                .devices
+                .iter()
+                .find(|d| &d.device_id == member)
+                .map(|d| d.enabled);
+            match enabled {
+                Some(true) if valid_segment(member) => self.on_device_cmd(member, obj.clone()),
+                Some(_) => {}
+                None => {
+                    tracing::warn!(group, device = %member, "group member is not a device of the instance")
+                }
+            }
+        }
+    }
+
+    fn on_get(&mut self, device: &str, payload: &[u8]) {
+        let properties = parse_object(payload)
+            .and_then(|o| o.get("properties").cloned())
+            .and_then(|p| serde_json::from_value::<Vec<String>>(p).ok());
+        if let Some(conn) = self.handler_for(device) {
+            let r = Reply::Get {
+                device_id: device.to_string(),
+                properties,
+            };
+            if self.send_to(conn, &r) {
+                return;
+            }
+        }
+        // No (reachable) handler: answer from the last reported state when there is one.
+        if let Some(full) = self.states.get(device).cloned() {
+            let now = time::now(&self.s.tz);
+            let envelope = json!({"timestamp": now, "device_id": device, "state": full});
+            let t = self.topics.device(device, "state");
+            self.publish_json(t, &envelope, self.s.qos, self.s.retain);
+        } else {
+            self.fail_command(
+                device,
+                None,
+                "no_handler",
+                &format!("no program handles device {device}"),
+            );
+        }
+    }
+
+    fn on_meta_request(&mut self, kind: &str, payload: &[u8]) {
+        if let Some(conn) = self.meta_handler {
+            let payload = serde_json::from_slice(payload).unwrap_or(Value::Null);
+            let r = Reply::MetaRequest {
+                kind: kind.to_string(),
+                payload,
+            };
+            if self.send_to(conn, &r) {
+                return;
+            }
+        }
+        match kind {
+            "info" => {
+                let v = self.meta_info();
+                let t = self.topics.meta("info");
+                self.publish_json(t, &v, 1, true);
+            }
+            "devices_list" => {
+                let v = self.devices_list();
+                let t = self.topics.meta("devices_list");
+                self.publish_json(t, &v, 1, true);
+            }
+            other => tracing::warn!(kind = other, "unknown meta request ignored"),
+        }
+    }
+
+    fn devices_list(&self) -> Value {
+        let inst = &self.s.instance;
+        let mut out: Vec<Value> = self
+            .s
+            .instance_config
+            .devices
+            .iter()
+            .map(|d| {
+                json!({
+                    "device_id": d.device_id,
+                    "global_id": format!("{inst}_{}", d.device_id),
+                    "name": d.name,
+                    "model": d.model,
+                    "enabled": d.enabled,
+                    "online": self.availability.get(&d.device_id).copied().unwrap_or(false),
+                })
+            })
+            .collect();
+        let mut extra: Vec<&String> = self
+            .states
+            .keys()
+            .filter(|d| {
+                !self
+                    .s
+                    .instance_config
+                    .devices
+                    .iter()
+                    .any(|c| &c.device_id == *d)
+            })
+            .collect();
+        extra.sort();
+        for d in extra {
+            out.push(json!({
+                "device_id": d,
+                "global_id": format!("{inst}_{d}"),
+                "name": null,
+                "model": null,
+                "enabled": true,
+                "online": self.availability.get(d).copied().unwrap_or(false),
+            }));
+        }
+        Value::Array(out)
+    }
+
+    fn meta_info(&self) -> Value {
+        let ic = &self.s.instance_config;
+        let programs: Vec<Value> = self
+            .view
+            .programs
+            .iter()
+            .map(|p| json!({"name": p.name, "state": p.state, "ready": p.ready, "healthy": p.healthy, "critical": p.critical}))
+            .collect();
+        json!({
+            "instance_id": ic.instance_id.clone().unwrap_or_else(|| self.s.instance.clone()),
+            "connector_type": ic.connector_type,
+            "friendly_name": ic.friendly_name,
+            "enabled": ic.enabled.unwrap_or(true),
+            "devices_count": ic.devices.len(),
+            "groups_count": ic.groups.len(),
+            "online": self.desired_status(),
+            "programs": programs,
+            "timestamp": time::now(&self.s.tz),
+        })
+    }
+}
+
+fn parse_object(payload: &[u8]) -> Option<Map<String, Value>> {
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Some(Map::new());
+    }
+    match serde_json::from_slice(payload) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+/// Drives one rumqttc connection until its first error; the engine decides about reconnecting.
+async fn drive(mut el: EventLoop, generation: u64, tx: mpsc::Sender<MqttEv>) {
+    loop {
+        match el.poll().await {
+            Ok(ev) => {
+                if tx
+                    .send(MqttEv::Event(generation, Box::new(ev)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(MqttEv::Down(generation, e.to_string())).await;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_millis(300));
+        assert!(backoff(3) >= Duration::from_millis(1600));
+        for a in [20, 100, u32::MAX] {
+            assert!(backoff(a) <= Duration::from_secs(36));
+        }
+    }
+
+    #[test]
+    fn own_process_is_identified_by_pid_and_session() {
+        let me = std::process::id() as i32;
+        let view = SupervisorView {
+            programs: vec![crate::ProgramView {
+                name: "me".into(),
+                pid: Some(me),
+                state: "RUNNING".into(),
+                ready: true,
+                critical: true,
+                healthy: true,
+            }],
+        };
+        assert_eq!(identify(me, &view).as_deref(), Some("me"));
+        let sid = session_id(me).expect("own session id");
+        let view = SupervisorView {
+            programs: vec![crate::ProgramView {
+                pid: Some(sid),
+                ..view.programs[0].clone()
+            }],
+        };
+        assert_eq!(identify(me, &view).as_deref(), Some("me"));
+        assert_eq!(identify(me, &SupervisorView::default()), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! Entry points for the fuzz targets in `fuzz/` (not a stable interface).
+//!
+//! [`inbound`] feeds one broker message through the engine's own inbound handling — topic
+//! classification, `cmd` / `get` / group `cmd` / `meta/request` payload parsing, command
+//! routing and the bridge's own answers — without a socket, a broker or a runtime: the engine is
+//! built but never connected, so everything it would publish stays in its outbox and everything
+//! it sends to a program lands in a channel whose lines are returned. Invariant: nothing here
+//! touches the network; the only file access is the one-time settings resolution, which looks
+//! for files under a directory that does not exist.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use sv_core::config::BridgeSection;
+use tokio::sync::mpsc;
+
+use crate::codec::{DeviceSet, Op, Request};
+use crate::engine::{Engine, FromConn};
+use crate::settings::{Settings, parse_instance_file};
+
+/// The instance root the fuzzing engine listens under; inbound topics are built below it.
+pub const ROOT: &str = "B/v1/instances/i";
+
+/// The instance file of the fuzzing engine.
+const INSTANCE: &str = r#"{
+  "devices": [{"device_id": "d1"}, {"device_id": "d2", "enabled": false}],
+  "groups": [{"group_id": "g1", "devices": ["d1", "d2", "gone", "a/b"]}]
+}"#;
+
+/// Settings of the fuzzing engine: instance `i` under base topic `B`, UTC, devices `d1`
+/// (enabled) and `d2` (disabled), group `g1` with both, an unknown member and an invalid name.
+fn settings() -> Arc<Settings> {
+    static SETTINGS: OnceLock<Arc<Settings>> = OnceLock::new();
+    SETTINGS
+        .get_or_init(|| {
+            let section = BridgeSection {
+                instance: Some("i".into()),
+                base_topic: Some("B".into()),
+                iot2mqtt_path: Some(PathBuf::from("/nonexistent/iot2mqtt-sv-fuzz")),
+                socket: Some(PathBuf::from("/nonexistent/iot2mqtt-sv-fuzz/bridge.sock")),
+                tz: Some("UTC".into()),
+                ..BridgeSection::default()
+            };
+            let mut s = Settings::resolve(&section, &|_| None)
+                .expect("fixed fuzzing settings resolve without files");
+            s.instance_config = parse_instance_file(Path::new("fuzz.json"), INSTANCE)
+                .expect("the fixed fuzzing instance file parses");
+            Arc::new(s)
+        })
+        .clone()
+}
+
+/// Handles one inbound message on `topic` exactly as the engine does for a message from the
+/// broker, and returns the lines the engine sent to the program connection.
+///
+/// With `handler` a program is connected that said `hello` for every device and for meta
+/// requests, so commands, `get` and meta requests are forwarded to it; without, the bridge
+/// answers (or refuses) them itself.
+#[doc(hidden)]
+pub fn inbound(topic: &str, payload: &[u8], retain: bool, handler: bool) -> Vec<String> {
+    let (ready_tx, _ready_rx) = mpsc::channel(1);
+    let (ev_tx, _ev_rx) = mpsc::channel(1);
+    let mut engine = Engine::new(settings(), ready_tx, ev_tx);
+    let (tx, mut rx) = mpsc::channel(64);
+    engine.on_conn(FromConn::Opened {
+        conn: 1,
+        pid: None,
+        tx,
+    });
+    if handler {
+        engine.on_conn(FromConn::Request {
+            conn: 1,
+            req: Request {
+                id: None,
+                op: Op::Hello {
+                    devices: Some(DeviceSet::All(crate::codec::AllMarker::All)),
+                    meta: true,
+                },
+            },
+        });
+    }
+    engine.on_inbound(topic, payload, retain);
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.try_recv() {
+        lines.push(line);
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Reply, decode_reply};
+
+    fn replies(lines: &[String]) -> Vec<Reply> {
+        lines
+            .iter()
+            .map(|l| decode_reply(l.trim_end().as_bytes()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn commands_reach_the_handler_and_nothing_else_does() {
+        let topic = format!("{ROOT}/devices/d1/cmd");
+        let got = replies(&inbound(
+            &topic,
+            br#"{"id":"c1","values":{"on":true}}"#,
+            false,
+            true,
+        ));
+        assert!(
+            matches!(got.as_slice(), [Reply::Ok { .. }, Reply::Cmd { cmd_id, .. }] if cmd_id == "c1")
+        );
+
+        let got = replies(&inbound(&topic, br#"{"id":"c1"}"#, false, false));
+        assert!(got.is_empty(), "no handler, nothing forwarded: {got:?}");
+        let got = replies(&inbound(&topic, br#"{"id":"c1"}"#, true, true));
+        assert!(
+            matches!(got.as_slice(), [Reply::Ok { .. }]),
+            "retained: {got:?}"
+        );
+    }
+
+    #[test]
+    fn group_get_and_meta_are_forwarded() {
+        let got = replies(&inbound(
+            &format!("{ROOT}/groups/g1/cmd"),
+            b"{}",
+            false,
+            true,
+        ));
+        let cmds: Vec<_> = got
+            .iter()
+            .filter_map(|r| match r {
+                Reply::Cmd { device_id, .. } => Some(device_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cmds, ["d1"], "only enabled, known members");
+
+        let got = replies(&inbound(
+            &format!("{ROOT}/devices/d1/get"),
+            br#"{"properties":["on"]}"#,
+            false,
+            true,
+        ));
+        assert!(
+            got.iter()
+                .any(|r| matches!(r, Reply::Get { properties: Some(p), .. } if p == &["on"]))
+        );
+
+        let got = replies(&inbound(
+            &format!("{ROOT}/meta/request/info"),
+            b"x",
+            false,
+            true,
+        ));
+        assert!(
+            got.iter()
+                .any(|r| matches!(r, Reply::MetaRequest { kind, .. } if kind == "info"))
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The outbox: every message the bridge publishes, in order, until the broker has it.
+//!
+//! rumqttc drops its pending queue when a clean session reconnects, so the bridge keeps its own.
+//! A message enters here first and leaves when it is acknowledged (PUBACK / PUBCOMP; QoS 0 when it
+//! was written to the connection). After a reconnect every unacknowledged message is sent again in
+//! the original order (QoS 1 is at-least-once anyway).
+//!
+//! Invariants: the outbox never holds more than `max_messages` messages or (beyond one message)
+//! `max_bytes` bytes; when full, the oldest unsent message is dropped and counted. For a retained
+//! topic only the newest unsent message is kept (an older retained value is superseded anyway),
+//! which is what keeps a flood of state updates during an outage from evicting other messages.
+//! Pure data structure: no IO, no clock.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name.
+    pub topic: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+impl Message {
+    fn size(&self) -> usize {
+        self.topic.len() + self.payload.len()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    msg: Message,
+    sent: bool,
+}
+
+/// What [`Outbox::push`] did besides queueing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushOutcome {
+    /// An older unsent retained message on the same topic was replaced.
+    pub coalesced: bool,
+    /// Messages dropped to stay within bounds.
+    pub dropped: usize,
+}
+
+/// The ordered, bounded, coalescing queue.
+#[derive(Debug)]
+pub struct Outbox {
+    entries: BTreeMap<u64, Entry>,
+    unsent_retained: HashMap<String, u64>,
+    next_id: u64,
+    bytes: usize,
+    max_messages: usize,
+    max_bytes: usize,
+    dropped_total: u64,
+}
+
+impl Outbox {
+    /// An empty outbox with the given bounds (each at least 1).
+    pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
+        Outbox {
+            entries: BTreeMap::new(),
+            unsent_retained: HashMap::new(),
+            next_id: 1,
+            bytes: 0,
+            max_messages: max_messages.max(1),
+            max_bytes: max_bytes.max(1),
+            dropped_total: 0,
+        }
+    }
+
+    /// Messages held (sent-but-unacknowledged included).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes held (topics plus payloads).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether the outbox is at a bound (producers should wait while connected).
+    pub fn is_full(&self) -> bool {
+        self.entries.len() >= self.max_messages || self.bytes >= self.max_bytes
+    }
+
+    /// Messages dropped since creation.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
+    /// Queues `msg`; returns its id and what else happened.
+    pub fn push(&mut self, msg: Message) -> (u64, PushOutcome) {
+        let mut outcome = PushOutcome::default();
+        if msg.retain
+            && let Some(old) = self.unsent_retained.remove(&msg.topic)
+        {
+            self.remove(old);
+            outcome.coalesced = true;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.bytes += msg.size();
+        if msg.retain {
+            self.unsent_retained.insert(msg.topic.clone(), id);
+        }
+        self.entries.insert(id, Entry { msg, sent: false });
+        while self.entries.len() > self.max_messages
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            let victim = self
+                .entries
+                .iter()
+                .find(|(i, e)| !e.sent && **i != id)
+                .or_else(|| self.entries.iter().find(|(i, _)| **i != id))
+                .map(|(i, _)| *i);
+            let Some(victim) = victim else { break };
+            self.remove(victim);
+            outcome.dropped += 1;
+            self.dropped_total += 1;
+        }
+        (id, outcome)
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Message> {
+        let e = self.entries.remove(&id)?;
+        self.bytes -= e.msg.size();
+        if e.msg.retain && self.unsent_retained.get(&e.msg.topic) == Some(&id) {
+            self.unsent_retained.remove(&e.msg.topic);
+        }
+        Some(e.msg)
+    }
+
+    /// The oldest message not yet handed to the connection.
+    pub fn next_unsent(&self) -> Option<(u64, &Message)> {
+        self.entries
+            .iter()
+            .find(|(_, e)| !e.sent)
+            .map(|(i, e)| (*i, &e.msg))
+    }
+
+    /// Records that `id` was handed to the connection (it can no longer be coalesced).
+    pub fn mark_sent(&mut self, id: u64) {
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.sent = true;
+            if e.msg.retain && self.unsent_retained.get(&e.msg.topic) == Some(&id) {
+                self.unsent_retained.remove(&e.msg.topic);
+            }
+        }
+    }
+
+    /// Whether `id` is still held (not yet acknowledged nor dropped).
+    pub fn contains(&self, id: u64) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    /// The broker has `id`: forget it. Returns the message if it was held.
+    pub fn ack(&mut self, id: u64) -> Option<Message> {
+        self.remove(id)
+    }
+
+    /// The connection was lost: everything unacknowledged is unsent again, and of several
+    /// retained messages on one topic only the newest stays.
+    pub fn requeue_all(&mut self) {
+        let mut newest: HashMap<String, u64> = HashMap::new();
+        let mut superseded = Vec::new();
+        for (id, e) in self.entries.iter_mut() {
+            e.sent = false;
+            if e.msg.retain
+                && let Some(old) = newest.insert(e.msg.topic.clone(), *id)
+            {
+                superseded.push(old);
+            }
+        }
+        for id in superseded {
+            self.remove(id);
+        }
+        self.unsent_retained = newest;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(topic: &str, payload: &str, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.as_bytes().to_vec(),
+            qos: 1,
+            retain,
+        }
+    }
+
+    fn drain(o: &mut Outbox) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some((id, msg)) = o.next_unsent() {
+            out.push(String::from_utf8(msg.payload.clone()).unwrap());
+            o.mark_sent(id);
+            o.ack(id);
+        }
+        out
+    }
+
+    #[test]
+    fn keeps_order_and_coalesces_retained_per_topic() {
+        let mut o = Outbox::new(100, 1 << 20);
+        o.push(m("s/a", "a1", true));
+        o.push(m("e", "e1", false));
+        let (_, out) = o.push(m("s/a", "a2", true));
+        assert!(out.coalesced);
+        o.push(m("e", "e2", false));
+        assert_eq!(drain(&mut o), ["e1", "a2", "e2"]);
+        assert!(o.is_empty());
+        assert_eq!(o.bytes(), 0);
+    }
+
+    #[test]
+    fn sent_messages_are_not_coalesced_but_are_replayed_after_requeue() {
+        let mut o = Outbox::new(100, 1 << 20);
+        let (a1, _) = o.push(m("s/a", "a1", true));
+        o.mark_sent(a1);
+        let (_, out) = o.push(m("s/a", "a2", true));
+        assert!(!out.coalesced);
+        let (e1, _) = o.push(m("e", "e1", false));
+        o.mark_sent(e1);
+        o.requeue_all();
+        // a1 is superseded by a2; e1 is replayed.
+        assert_eq!(drain(&mut o), ["a2", "e1"]);
+    }
+
+    #[test]
+    fn bounds_drop_the_oldest_unsent_and_count() {
+        let mut o = Outbox::new(3, 1 << 20);
+        for i in 0..5 {
+            o.push(m("e", &format!("e{i}"), false));
+        }
+        assert_eq!(o.len(), 3);
+        assert_eq!(o.dropped_total(), 2);
+        assert_eq!(drain(&mut o), ["e2", "e3", "e4"]);
+
+        let mut o = Outbox::new(100, 10);
+        o.push(m("e", "12345", false));
+        let (_, out) = o.push(m("e", "67890", false));
+        assert_eq!(out.dropped, 1);
+        assert_eq!(drain(&mut o), ["67890"]);
+    }
+
+    #[test]
+    fn a_flood_of_retained_state_keeps_one_message_per_topic() {
+        let mut o = Outbox::new(10, 1 << 20);
+        o.push(m("e", "event", false));
+        for i in 0..1000 {
+            o.push(m("s/a", &format!("a{i}"), true));
+            o.push(m("s/b", &format!("b{i}"), true));
+        }
+        assert_eq!(o.dropped_total(), 0);
+        assert_eq!(drain(&mut o), ["event", "a999", "b999"]);
+    }
+}
