@@ -5,7 +5,11 @@
 //! `--report-sigmask`, `--report-fds`, `--report-env`, `--report-ids`), `--orphans`, `--print`/
 //! `--spam`, `--notify-ready`, then it waits (`--exit-after-ms`, or forever) and exits with
 //! `--exit` (default 0). Signals: SIGTERM exits 0 (after `--term-delay-ms`) unless
-//! `--ignore-term`; each received signal's name is appended to `--signal-log`.
+//! `--ignore-term`; each received signal's name is appended to `--signal-log` (as `TAG NAME`
+//! with `--signal-tag TAG`, so several programs can share one ordered log).
+//! `--orphans-ignore-term` makes the `--orphans` ignore SIGTERM; `--orphans-setsid` puts them
+//! in a session (and process group) of their own. Orphans inherit the signals test-child blocks
+//! (so SIGTERM does not end them) unless `--orphans-unblocked` spawns them before the blocking.
 //!
 //! The argument parser is deliberately tiny and std-only: this is a test fixture, and keeping it
 //! free of dependencies keeps its start-up instant.
@@ -40,6 +44,10 @@ struct Opts {
     notify_after_ms: u64,
     listen: Option<String>,
     append: Option<(PathBuf, String)>,
+    signal_tag: Option<String>,
+    orphans_ignore_term: bool,
+    orphans_setsid: bool,
+    orphans_unblocked: bool,
 }
 
 fn usage(msg: &str) -> ! {
@@ -92,6 +100,10 @@ fn parse() -> Opts {
                 let line = val(&mut args, a);
                 o.append = Some((file.into(), line));
             }
+            "--signal-tag" => o.signal_tag = Some(val(&mut args, a)),
+            "--orphans-ignore-term" => o.orphans_ignore_term = true,
+            "--orphans-setsid" => o.orphans_setsid = true,
+            "--orphans-unblocked" => o.orphans_unblocked = true,
             other => usage(&format!("unknown flag {other:?}")),
         }
     }
@@ -187,6 +199,10 @@ fn main() {
 
     // Signals: a dedicated thread waits for them synchronously (sigwait), so the main flow stays
     // simple and no async-signal-safety rules apply.
+    if o.orphans_unblocked {
+        // Before the signals below are blocked: the mask is inherited across fork and exec.
+        spawn_orphans(&o);
+    }
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -203,11 +219,15 @@ fn main() {
     let ignore_term = o.ignore_term;
     let term_delay = o.term_delay_ms;
     let sig_log = o.signal_log.clone();
+    let sig_tag = o.signal_tag.clone();
     std::thread::spawn(move || {
         loop {
             let Ok(sig) = set.wait() else { continue };
             if let Some(p) = &sig_log {
-                append_line(p, sig.as_str());
+                match &sig_tag {
+                    Some(tag) => append_line(p, &format!("{tag} {}", sig.as_str())),
+                    None => append_line(p, sig.as_str()),
+                }
             }
             let terminating = matches!(sig, Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT);
             if terminating && !ignore_term {
@@ -217,14 +237,8 @@ fn main() {
         }
     });
 
-    for _ in 0..o.orphans {
-        // The intermediate process exits at once, so the grandchild is re-parented to the
-        // nearest subreaper or PID 1: exactly what the supervisor must reap.
-        let sleep_ms = o.orphan_sleep_ms;
-        match double_fork(sleep_ms) {
-            Ok(()) => {}
-            Err(e) => usage(&format!("spawning an orphan: {e}")),
-        }
+    if !o.orphans_unblocked {
+        spawn_orphans(&o);
     }
 
     if let Some(addr) = &o.listen {
@@ -275,13 +289,31 @@ fn main() {
     std::process::exit(o.exit);
 }
 
+fn spawn_orphans(o: &Opts) {
+    for _ in 0..o.orphans {
+        // The intermediate process exits at once, so the grandchild is re-parented to the
+        // nearest subreaper or PID 1: exactly what the supervisor must reap.
+        if let Err(e) = double_fork(o.orphan_sleep_ms, o.orphans_ignore_term, o.orphans_setsid) {
+            usage(&format!("spawning an orphan: {e}"));
+        }
+    }
+}
+
 /// Spawns a grandchild that sleeps, through an intermediate child that exits at once.
 /// Uses `sh` so this fixture needs no `fork` of its own (and no `unsafe`).
-fn double_fork(sleep_ms: u64) -> std::io::Result<()> {
+fn double_fork(sleep_ms: u64, ignore_term: bool, new_session: bool) -> std::io::Result<()> {
     let secs = format!("{}.{:03}", sleep_ms / 1000, sleep_ms % 1000);
+    // An ignored disposition survives exec (signal(7)), so `trap '' TERM` makes the sleeping
+    // grandchild immune to SIGTERM: only SIGKILL ends it.
+    let trap = if ignore_term { "trap '' TERM; " } else { "" };
+    // setsid(1) puts the orphan outside the program's process group, out of reach of the
+    // group signals that stop the program.
+    let setsid = if new_session { "setsid " } else { "" };
     let st = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("sleep {secs} </dev/null >/dev/null 2>&1 &"))
+        .arg(format!(
+            "{trap}{setsid}sleep {secs} </dev/null >/dev/null 2>&1 &"
+        ))
         .status()?;
     if st.success() {
         Ok(())
