@@ -1019,6 +1019,10 @@ impl Machine {
                 };
                 match result {
                     Ok(()) => {
+                        if p.consecutive_probe_failures > 0 {
+                            // The failure it described is over: `status` must not keep showing it.
+                            p.reason = None;
+                        }
                         p.consecutive_probe_failures = 0;
                         p.next_probe = Some(now + l.interval);
                     }

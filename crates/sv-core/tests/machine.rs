@@ -527,6 +527,36 @@ fn liveness_failures_restart_through_backoff() {
 }
 
 #[test]
+fn a_passing_liveness_probe_clears_the_failure_reason() {
+    let mut p = prog("svc");
+    p.startsecs = Duration::ZERO;
+    p.liveness = Some(LivenessConfig {
+        check: ReadinessCheck::Tcp {
+            address: "127.0.0.1:1".into(),
+        },
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(1),
+        failure_threshold: 3,
+        initial_delay: Duration::ZERO,
+    });
+    let mut w = World::new(config(vec![p]));
+    w.boot();
+    w.probe_results
+        .insert("svc".into(), Err("connection refused".into()));
+    let reason = |w: &World| w.m.snapshot(w.now).programs[0].reason.clone();
+    w.run_until(Duration::from_secs(60), |w| reason(w).is_some());
+    assert_eq!(
+        reason(&w).as_deref(),
+        Some("liveness: connection refused (1 of 3 failures)")
+    );
+    w.probe_results.insert("svc".into(), Ok(()));
+    w.run_until(Duration::from_secs(60), |w| reason(w).is_none());
+    let snap = w.m.snapshot(w.now);
+    assert_eq!(snap.programs[0].probe_failures, 1);
+    assert_eq!(snap.programs[0].restarts, 0);
+}
+
+#[test]
 fn watchdog_expiry_restarts_and_pings_keep_it_alive() {
     let mut p = prog("wd");
     p.readiness.check = ReadinessCheck::Notify;
