@@ -94,6 +94,11 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// Answer commands from a shell script: claim DEVICEs, bridge lines to stdout, stdin to the bridge.
+    Listen {
+        /// Devices to claim (none: all devices).
+        devices: Vec<String>,
+    },
     /// Translate a supervisord config into iot2mqtt-sv TOML.
     ImportSupervisord {
         /// The supervisord config file.
@@ -189,6 +194,12 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
+    // Before anything slow: a shutdown signal arriving while the config is read must wait for
+    // the handlers rather than be lost (the supervisor releases them once installed).
+    if let Err(e) = sv_runtime::signals::hold_signals() {
+        eprintln!("iot2mqtt-sv: error: blocking signals: {e}");
+        return 1;
+    }
     let path = config_path(arg);
     let mut cfg = match load(&path) {
         Ok(c) => c,
@@ -311,6 +322,7 @@ fn main() -> ExitCode {
         Command::Check(arg) => check(&arg),
         Command::Bridge(arg) => sv_bridge::main_bridge(&config_path(&arg)).clamp(0, 255) as u8,
         Command::Publish { args } => sv_bridge::main_publish(&args).clamp(0, 255) as u8,
+        Command::Listen { devices } => sv_bridge::main_listen(&devices).clamp(0, 255) as u8,
         Command::ImportSupervisord { file, output } => import(&file, output.as_deref()),
         Command::Health { json } => {
             client::health(&client_socket(cli.socket), json, &mut out) as u8

@@ -262,19 +262,30 @@ fn quickstart_goes_online_with_state_from_all_three_programs_and_answers_command
     assert_eq!(resp["status"], "success", "{resp}");
     assert_eq!(resp["result"]["power_w"], 1800, "{resp}");
 
-    // The shell sensor takes no commands: the bridge says so instead of staying silent.
+    // The shell sensor answers through `iot2mqtt-sv listen`: a supported command succeeds and
+    // changes its state, anything else is refused with an error response.
     publish(
         port,
         &format!("{QS}/devices/thermometer/cmd"),
-        r#"{"id":"t-4","values":{"on":true}}"#,
+        r#"{"id":"t-4","values":{"unit":"F"}}"#,
     );
     let resp = wait_json(w, &format!("{QS}/devices/thermometer/cmd/response"), |v| {
         v["cmd_id"] == "t-4"
     });
-    assert_eq!(resp["status"], "error", "{resp}");
-    wait_json(w, &format!("{QS}/devices/thermometer/error"), |v| {
-        v["error_code"] == "no_handler"
+    assert_eq!(resp["status"], "success", "{resp}");
+    assert_eq!(resp["result"]["unit"], "F", "{resp}");
+    wait_json(w, &format!("{QS}/devices/thermometer/state"), |v| {
+        v["state"]["unit"] == "F"
     });
+    publish(
+        port,
+        &format!("{QS}/devices/thermometer/cmd"),
+        r#"{"id":"t-5","values":{"on":true}}"#,
+    );
+    let resp = wait_json(w, &format!("{QS}/devices/thermometer/cmd/response"), |v| {
+        v["cmd_id"] == "t-5"
+    });
+    assert_eq!(resp["status"], "error", "{resp}");
     assert_eq!(sv.program("lamp")["restarts"], 0);
 }
 

@@ -337,3 +337,90 @@ mod tests {
         assert_eq!(log_filter(None), "info");
     }
 }
+
+/// Entry point of `iot2mqtt-sv listen [DEVICE...]`: the shell programs' way to answer commands.
+///
+/// Connects to `$IOT2MQTT_SV_BRIDGE_SOCKET`, claims the devices (`hello`; none named = all),
+/// then copies every line from the bridge (`cmd`, `get`, replies) to stdout and every line from
+/// stdin (e.g. `cmd_result`, `state`) to the bridge, so a script drives it as a coprocess:
+///
+/// ```sh
+/// coproc BRIDGE { iot2mqtt-sv listen thermometer; }
+/// while read -r line <&"${BRIDGE[0]}"; do ...; echo '{"op":"cmd_result",...}' >&"${BRIDGE[1]}"; done
+/// ```
+///
+/// When the bridge goes away (restart) it reconnects with backoff and claims the devices again;
+/// lines written meanwhile wait for the connection. Exit code 0 when stdin ends, 2 on a usage
+/// error.
+pub fn main_listen(devices: &[String]) -> i32 {
+    use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+    let hello = match publish_request(&[&["hello".to_string()], devices].concat()) {
+        Ok(r) => encode_request(&r),
+        Err(msg) => {
+            let _ = writeln!(std::io::stderr(), "iot2mqtt-sv: error: {msg}");
+            return 2;
+        }
+    };
+    let path = std::env::var_os("IOT2MQTT_SV_BRIDGE_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_socket_path);
+    // The current connection's write half, shared with the stdin copier.
+    let current: Arc<(Mutex<Option<UnixStream>>, Condvar)> =
+        Arc::new((Mutex::new(None), Condvar::new()));
+
+    let writer = current.clone();
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(mut line) = line else { break };
+            line.push('\n');
+            let (lock, ready) = &*writer;
+            let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(s) = guard.as_mut() {
+                    if s.write_all(line.as_bytes()).is_ok() {
+                        break;
+                    }
+                    *guard = None;
+                }
+                guard = ready.wait(guard).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+        // stdin ended: the script is done.
+        std::process::exit(0);
+    });
+
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match UnixStream::connect(&path).and_then(|s| {
+            let mut w = s.try_clone()?;
+            w.write_all(hello.as_bytes())?;
+            Ok((s, w))
+        }) {
+            Ok((read, write)) => {
+                delay = Duration::from_millis(100);
+                let (lock, ready) = &*current;
+                *lock.lock().unwrap_or_else(PoisonError::into_inner) = Some(write);
+                ready.notify_all();
+                let stdout = std::io::stdout();
+                for line in BufReader::new(read).lines() {
+                    let Ok(line) = line else { break };
+                    let mut out = stdout.lock();
+                    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                        // Nobody reads our output any more.
+                        return 0;
+                    }
+                }
+                *lock.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                tracing::warn!("bridge connection lost; reconnecting");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, path = %path.display(), "bridge not reachable yet")
+            }
+        }
+        // Reconnect pacing while the bridge restarts, not synchronisation.
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}

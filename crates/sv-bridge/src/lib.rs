@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use cli::{main_bridge, main_publish};
+pub use cli::{main_bridge, main_listen, main_publish};
 pub use settings::{Secret, Settings, SettingsError, default_socket_path, socket_path};
 
 /// What the bridge needs to know about the supervisor.
