@@ -296,48 +296,6 @@ fn exchange(path: &Path, req: &Request) -> std::io::Result<(String, bool)> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn publish_arguments_map_to_requests() {
-        let r = publish_request(&args(&["state", "d1", r#"{"on":true}"#])).unwrap();
-        assert!(matches!(r.op, Op::State { ref device_id, .. } if device_id == "d1"));
-        let r = publish_request(&args(&["error", "d1", "E1", "broken", "critical"])).unwrap();
-        assert!(matches!(r.op, Op::Error { ref severity, .. } if severity == "critical"));
-        assert!(matches!(
-            publish_request(&args(&["ready"])).unwrap().op,
-            Op::Ready
-        ));
-        assert!(publish_request(&args(&["state", "d1", "[1]"])).is_err());
-        assert!(publish_request(&args(&["error", "d1", "E", "m", "fatal"])).is_err());
-        assert!(publish_request(&args(&["launch"])).is_err());
-        assert!(publish_request(&args(&[])).is_err());
-    }
-
-    #[test]
-    fn usage_errors_exit_2_and_unreachable_bridge_exits_1() {
-        assert_eq!(main_publish(&args(&["publish", "bogus"])), 2);
-        // SAFETY-free: the variable is read by main_publish only; tests in this module do not
-        // depend on its absence.
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("none.sock");
-        assert!(exchange(&missing, &publish_request(&args(&["ready"])).unwrap()).is_err());
-    }
-
-    #[test]
-    fn log_levels_map() {
-        assert_eq!(log_filter(Some("WARNING")), "warn");
-        assert_eq!(log_filter(Some("critical")), "error");
-        assert_eq!(log_filter(None), "info");
-    }
-}
-
 /// Entry point of `iot2mqtt-sv listen [DEVICE...]`: the shell programs' way to answer commands.
 ///
 /// Connects to `$IOT2MQTT_SV_BRIDGE_SOCKET`, claims the devices (`hello`; none named = all),
@@ -422,5 +380,47 @@ pub fn main_listen(devices: &[String]) -> i32 {
         // Reconnect pacing while the bridge restarts, not synchronisation.
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn publish_arguments_map_to_requests() {
+        let r = publish_request(&args(&["state", "d1", r#"{"on":true}"#])).unwrap();
+        assert!(matches!(r.op, Op::State { ref device_id, .. } if device_id == "d1"));
+        let r = publish_request(&args(&["error", "d1", "E1", "broken", "critical"])).unwrap();
+        assert!(matches!(r.op, Op::Error { ref severity, .. } if severity == "critical"));
+        assert!(matches!(
+            publish_request(&args(&["ready"])).unwrap().op,
+            Op::Ready
+        ));
+        assert!(publish_request(&args(&["state", "d1", "[1]"])).is_err());
+        assert!(publish_request(&args(&["error", "d1", "E", "m", "fatal"])).is_err());
+        assert!(publish_request(&args(&["launch"])).is_err());
+        assert!(publish_request(&args(&[])).is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_2_and_unreachable_bridge_exits_1() {
+        assert_eq!(main_publish(&args(&["publish", "bogus"])), 2);
+        // SAFETY-free: the variable is read by main_publish only; tests in this module do not
+        // depend on its absence.
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.sock");
+        assert!(exchange(&missing, &publish_request(&args(&["ready"])).unwrap()).is_err());
+    }
+
+    #[test]
+    fn log_levels_map() {
+        assert_eq!(log_filter(Some("WARNING")), "warn");
+        assert_eq!(log_filter(Some("critical")), "error");
+        assert_eq!(log_filter(None), "info");
     }
 }

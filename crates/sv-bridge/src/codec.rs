@@ -31,6 +31,9 @@ pub enum ErrorCode {
     UnknownCommand,
     /// The supervisor refused or could not be told.
     Unavailable,
+    /// The device is claimed by another program's `hello`, and this program's `bridge_publish`
+    /// does not cover it.
+    DeviceClaimed,
 }
 
 impl ErrorCode {
@@ -46,6 +49,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::UnknownCommand => "unknown_command",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::DeviceClaimed => "device_claimed",
         }
     }
 }
@@ -178,6 +182,8 @@ pub enum Op {
     },
     /// Liveness of the socket itself: answered with `ok`.
     Ping,
+    /// The bridge's figures (read-only, any peer): answered with a `stats` reply.
+    Stats,
 }
 
 /// The op names [`Op`] knows, for telling `unknown_op` from `bad_request`.
@@ -193,6 +199,7 @@ pub const OPS: &[&str] = &[
     "subscribe",
     "publish",
     "ping",
+    "stats",
 ];
 
 /// A program → bridge message.
@@ -266,6 +273,14 @@ pub enum Reply {
         /// The request payload, when it was JSON.
         #[serde(default)]
         payload: Value,
+    },
+    /// The answer to `stats`: the bridge's figures since it started.
+    Stats {
+        /// Echoed id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Value>,
+        /// The figures.
+        stats: sv_core::health::BridgeStats,
     },
     /// A message on a raw subscription.
     Message {
@@ -447,6 +462,7 @@ mod tests {
         dec(r#"{"op":"devices_list","devices":[{"device_id":"d"}]}"#).unwrap();
         dec(r#"{"op":"subscribe","topic":"x/#"}"#).unwrap();
         dec("{\"op\":\"ping\"}\r").unwrap();
+        dec(r#"{"op":"stats","id":12}"#).unwrap();
     }
 
     #[test]
@@ -528,6 +544,14 @@ mod tests {
                 topic: "t".into(),
                 payload: "p\n".into(),
                 retain: false,
+            },
+            Reply::Stats {
+                id: Some(json!(12)),
+                stats: sv_core::health::BridgeStats {
+                    connected: true,
+                    published_total: 5,
+                    ..Default::default()
+                },
             },
         ];
         for r in replies {

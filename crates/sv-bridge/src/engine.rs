@@ -11,15 +11,22 @@
 //! - each rumqttc connection is used once: on any error it is dropped and a new one is made after
 //!   our own jittered backoff, because rumqttc reconnects immediately and forgets its queue;
 //! - nothing received from a program or the broker can panic this task: every input is parsed
-//!   into a typed value or answered with an error.
+//!   into a typed value or answered with an error;
+//! - a device named in a live `hello` belongs to that program: device messages for it from
+//!   another program are refused (`device_claimed`) unless that program's `bridge_publish`
+//!   covers the device's topics;
+//! - lines queued towards one program are bounded in number and in bytes, so a program that
+//!   does not read costs at most [`server::WRITE_QUEUE_BYTES`] of memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS, Transport};
 use serde_json::{Map, Value, json};
+use sv_core::health::BridgeStats;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -42,6 +49,13 @@ const QUICK_DROPS_BEFORE_DIAGNOSIS: u32 = 3;
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Bound on waiting for the PUBACK of the final `offline`.
 const STOP_ACK_WAIT: Duration = Duration::from_secs(3);
+/// Longest pause between attempts while the broker cannot be reached. An attempt against a
+/// broker that is down is refused at once and costs it nothing, and the instance must be back
+/// `online` within about a second of the broker's return, so waiting longer only delays that.
+const UNREACHABLE_CAP: Duration = Duration::from_secs(1);
+/// Longest pause after the broker refused the CONNECT or dropped us right after accepting it
+/// (bad credentials, a client-id fight): retrying fast would only repeat the fight.
+const REFUSED_CAP: Duration = Duration::from_secs(30);
 
 /// Messages from the socket side.
 #[derive(Debug)]
@@ -58,17 +72,25 @@ pub(crate) enum FromConn {
     Refused { conn: u64, reply: Reply },
     /// The connection ended.
     Closed { conn: u64 },
+    /// The byte count of the connection's write queue, shared with its writer task (which
+    /// subtracts what it wrote); sent right after `Opened`.
+    Accounted { conn: u64, queued: Arc<AtomicUsize> },
 }
 
 #[derive(Debug)]
 pub(crate) enum MqttEv {
     Event(u64, Box<Event>),
-    Down(u64, String),
+    /// The connection of a generation ended: the error, and whether the broker refused the
+    /// CONNECT (as opposed to being unreachable or dropping the connection).
+    Down(u64, String, bool),
 }
 
 #[derive(Debug)]
 struct Conn {
     tx: mpsc::Sender<String>,
+    queued: Option<Arc<AtomicUsize>>,
+    /// Lines dropped since the program last accepted one (logged once per episode).
+    dropping: u64,
     pid: Option<i32>,
     program: Option<String>,
     subs: Vec<String>,
@@ -81,10 +103,11 @@ struct Pending {
     conn: u64,
 }
 
-/// Reconnect backoff: 250 ms doubling to 30 s, ±20 % jitter so a fleet restarting together
+/// Reconnect backoff: 250 ms doubling to `cap`, ±20 % jitter so a fleet restarting together
 /// does not reconnect in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let base = 250u64.saturating_mul(1u64 << attempt.min(7)).min(30_000);
+fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let cap = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    let base = 250u64.saturating_mul(1u64 << attempt.min(7)).min(cap);
     let jitter = (base as f64 * 0.2 * (fastrand::f64() * 2.0 - 1.0)) as i64;
     Duration::from_millis((base as i64 + jitter).max(50) as u64)
 }
@@ -126,6 +149,7 @@ pub(crate) struct Engine {
     max_packet: usize,
     outbox: Outbox,
     drop_episode: bool,
+    counters: BridgeStats,
     // Connection.
     client: Option<AsyncClient>,
     generation: u64,
@@ -133,6 +157,7 @@ pub(crate) struct Engine {
     connected_at: Option<Instant>,
     attempt: u32,
     quick_drops: u32,
+    refused: bool,
     reconnect_at: Option<Instant>,
     fifo: VecDeque<(u64, u8)>,
     pkids: HashMap<u16, u64>,
@@ -256,12 +281,14 @@ impl Engine {
             options: o,
             max_packet,
             drop_episode: false,
+            counters: BridgeStats::default(),
             client: None,
             generation: 0,
             connected: false,
             connected_at: None,
             attempt: 0,
             quick_drops: 0,
+            refused: false,
             reconnect_at: None,
             fifo: VecDeque::new(),
             pkids: HashMap::new(),
@@ -303,7 +330,7 @@ impl Engine {
 
     fn on_mqtt(&mut self, ev: MqttEv) {
         match ev {
-            MqttEv::Down(g, err) if g == self.generation => self.on_down(err),
+            MqttEv::Down(g, err, refused) if g == self.generation => self.on_down(err, refused),
             MqttEv::Down(..) => {}
             MqttEv::Event(g, ev) if g == self.generation => self.on_event(*ev),
             MqttEv::Event(..) => {}
@@ -322,6 +349,7 @@ impl Engine {
                 if let Some((id, qos)) = self.fifo.pop_front() {
                     if qos == 0 {
                         self.outbox.ack(id);
+                        self.counters.published_total += 1;
                         self.pump();
                     } else {
                         self.pkids.insert(pkid, id);
@@ -334,6 +362,8 @@ impl Engine {
 
     fn on_connected(&mut self) {
         self.connected = true;
+        self.refused = false;
+        self.counters.connects_total += 1;
         self.connected_at = Some(Instant::now());
         tracing::info!(host = %self.s.host, port = self.s.port, "connected to broker");
         let mut filters: Vec<String> = self.topics.inbound_filters().to_vec();
@@ -357,8 +387,10 @@ impl Engine {
         self.pump();
     }
 
-    fn on_down(&mut self, err: String) {
+    fn on_down(&mut self, err: String, refused: bool) {
         let was_connected = self.connected;
+        self.counters.disconnects_total += 1;
+        self.refused = refused;
         self.connected = false;
         self.client = None;
         self.fifo.clear();
@@ -386,19 +418,32 @@ impl Engine {
             }
             None => {}
         }
-        let delay = backoff(self.attempt);
+        // One quick drop is also what a broker restarting right after our connect looks like;
+        // only the repeated pattern of a client-id fight earns the long pause.
+        let cap = if self.refused || self.quick_drops >= QUICK_DROPS_BEFORE_DIAGNOSIS {
+            REFUSED_CAP
+        } else {
+            UNREACHABLE_CAP
+        };
+        let delay = backoff(self.attempt, cap);
+        let attempt = self.attempt;
         self.attempt = self.attempt.saturating_add(1);
         if was_connected {
             tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, queued = self.outbox.len(), "disconnected from broker");
+        } else if attempt < 2 || attempt.is_power_of_two() {
+            // Retries are frequent while the broker is down: log the first ones, then fewer.
+            tracing::warn!(error = %err, attempts = attempt + 1, retry_in_ms = delay.as_millis() as u64, queued = self.outbox.len(), "cannot connect to broker");
         } else {
-            tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "cannot connect to broker");
+            tracing::debug!(error = %err, attempts = attempt + 1, retry_in_ms = delay.as_millis() as u64, "cannot connect to broker");
         }
         self.reconnect_at = Some(Instant::now() + delay);
     }
 
     fn on_ack(&mut self, pkid: u16) {
         if let Some(id) = self.pkids.remove(&pkid) {
-            self.outbox.ack(id);
+            if self.outbox.ack(id).is_some() {
+                self.counters.published_total += 1;
+            }
             self.inflight = self.inflight.saturating_sub(1);
             if self.drop_episode && self.outbox.is_empty() {
                 self.drop_episode = false;
@@ -517,7 +562,7 @@ impl Engine {
         while self.client.is_some() {
             tokio::select! {
                 Some(ev) = ev_rx.recv() => {
-                    if matches!(ev, MqttEv::Down(g, _) if g == self.generation) {
+                    if matches!(ev, MqttEv::Down(g, ..) if g == self.generation) {
                         break;
                     }
                 }
@@ -604,14 +649,84 @@ impl Engine {
         let Some(c) = self.conns.get(&conn) else {
             return false;
         };
-        match c.tx.try_send(encode_reply(reply)) {
-            Ok(()) => true,
-            Err(_) => {
-                let program = self.program_name(conn);
-                tracing::warn!(conn, program = %program, "program is not reading the bridge socket; message dropped");
-                false
+        let line = encode_reply(reply);
+        let len = line.len();
+        // One line always fits an empty queue, however long, so no message is undeliverable.
+        let over = c.queued.as_ref().is_some_and(|q| {
+            let held = q.load(Ordering::Acquire);
+            held > 0 && held + len > server::WRITE_QUEUE_BYTES
+        });
+        let sent = !over && c.tx.try_send(line).is_ok();
+        let dropped_before = c.dropping;
+        let program = self.program_name(conn);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if sent {
+            if let Some(q) = &c.queued {
+                q.fetch_add(len, Ordering::AcqRel);
             }
+            c.dropping = 0;
+            if dropped_before > 0 {
+                tracing::info!(conn, program = %program, dropped = dropped_before, "program reads the bridge socket again");
+            }
+            true
+        } else {
+            c.dropping += 1;
+            self.counters.client_drops_total += 1;
+            // Once per episode: a program that stopped reading would otherwise make the bridge
+            // log every line it cannot deliver.
+            if dropped_before == 0 {
+                tracing::warn!(conn, program = %program, "program is not reading the bridge socket; dropping messages for it");
+            }
+            false
         }
+    }
+
+    /// The figures of the `stats` reply.
+    pub(crate) fn stats(&self) -> BridgeStats {
+        BridgeStats {
+            connected: self.connected,
+            online: self.connected && self.status_sent == Some(true),
+            dropped_total: self.outbox.dropped_total(),
+            outbox_messages: self.outbox.len() as u64,
+            outbox_bytes: self.outbox.bytes() as u64,
+            clients: self.conns.len() as u64,
+            ..self.counters.clone()
+        }
+    }
+
+    /// Refuses a device message from a program other than the one whose live `hello` claimed
+    /// the device, unless the sender's `bridge_publish` covers the device's `state` topic.
+    /// Devices nobody named (a catch-all `hello` names none) are open to every program.
+    fn check_owner(&self, conn: u64, device: &str) -> Result<(), (ErrorCode, String)> {
+        let Some(&owner) = self.handlers.get(device) else {
+            return Ok(());
+        };
+        if owner == conn {
+            return Ok(());
+        }
+        let me = self.program_name(conn);
+        let them = self.program_name(owner);
+        if me == them {
+            return Ok(());
+        }
+        let topic = self.topics.device(device, "state");
+        if self
+            .s
+            .program_publish
+            .get(&me)
+            .is_some_and(|fs| fs.iter().any(|f| matches(f, &topic)))
+        {
+            return Ok(());
+        }
+        tracing::warn!(device, program = %me, owner = %them, "device message for another program's device refused");
+        Err((
+            ErrorCode::DeviceClaimed,
+            format!(
+                "device {device:?} is claimed by program {them}; program {me} may not speak for it"
+            ),
+        ))
     }
 
     pub(crate) fn on_conn(&mut self, msg: FromConn) {
@@ -621,6 +736,8 @@ impl Engine {
                     conn,
                     Conn {
                         tx,
+                        queued: None,
+                        dropping: 0,
                         pid,
                         program: None,
                         subs: Vec::new(),
@@ -631,17 +748,31 @@ impl Engine {
                 tracing::debug!(conn, pid, program = %program, "program connected");
             }
             FromConn::Closed { conn } => self.on_closed(conn),
+            FromConn::Accounted { conn, queued } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.queued = Some(queued);
+                }
+            }
             FromConn::Refused { conn, reply } => {
+                self.counters.requests_total += 1;
+                self.counters.refused_total += 1;
                 self.send_to(conn, &reply);
             }
             FromConn::Request { conn, req } => {
                 if self.conns.get(&conn).is_some_and(|c| c.program.is_none()) {
                     self.resolve_identity(conn);
                 }
+                self.counters.requests_total += 1;
                 let id = req.id.clone();
+                if matches!(req.op, Op::Stats) {
+                    let stats = self.stats();
+                    self.send_to(conn, &Reply::Stats { id, stats });
+                    return;
+                }
                 let reply = match self.on_request(conn, req.op) {
                     Ok(()) => Reply::Ok { id },
                     Err((code, message)) => {
+                        self.counters.refused_total += 1;
                         let program = self.program_name(conn);
                         tracing::debug!(conn, program = %program, code = code.as_str(), message = %message, "request refused");
                         Reply::error(id, code, message)
@@ -686,11 +817,15 @@ impl Engine {
         let qos = self.s.qos;
         let now = time::now(&self.s.tz);
         match op {
-            Op::Ping => Ok(()),
+            Op::Ping | Op::Stats => Ok(()),
             Op::Hello { devices, meta } => {
                 match devices {
                     None | Some(DeviceSet::All(_)) => self.all_handler = Some(conn),
                     Some(DeviceSet::Some(list)) => {
+                        // All or nothing: a refused claim must not leave half of it in place.
+                        for d in &list {
+                            self.check_owner(conn, d)?;
+                        }
                         for d in list {
                             if let Some(old) = self.handlers.insert(d.clone(), conn)
                                 && old != conn
@@ -710,6 +845,7 @@ impl Engine {
                 state,
                 replace,
             } => {
+                self.check_owner(conn, &device_id)?;
                 // The retained envelope is always the full merged state, so a partial answer
                 // to a filtered `get` never shrinks it (platform defect 7).
                 let full = self.states.entry(device_id.clone()).or_default();
@@ -748,6 +884,7 @@ impl Engine {
                 event,
                 data,
             } => {
+                self.check_owner(conn, &device_id)?;
                 let t = self.topics.device(&device_id, "events");
                 let v = json!({"timestamp": now, "event": event, "data": data});
                 if !self.publish_json(t, &v, qos, false) {
@@ -769,11 +906,13 @@ impl Engine {
                 message,
                 severity,
             } => {
+                self.check_owner(conn, &device_id)?;
                 let t = self.topics.device(&device_id, "error");
                 let v = json!({"timestamp": now, "error_code": error_code, "message": message, "severity": severity});
                 self.checked(t, &v, qos, false)
             }
             Op::Telemetry { device_id, metrics } => {
+                self.check_owner(conn, &device_id)?;
                 let t = self.topics.device(&device_id, "telemetry");
                 let v = json!({"timestamp": now, "metrics": metrics});
                 self.checked(t, &v, qos, false)
@@ -793,12 +932,16 @@ impl Engine {
                     Some(d) => Some((d, cmd_id.clone())).filter(|k| self.pending.contains_key(k)),
                     None => self.pending.keys().find(|(_, c)| *c == cmd_id).cloned(),
                 };
+                if let Some((d, _)) = &key {
+                    self.check_owner(conn, d)?;
+                }
                 let Some((key, p)) = key.and_then(|k| self.pending.remove_entry(&k)) else {
                     return Err((
                         ErrorCode::UnknownCommand,
                         format!("no pending command {cmd_id:?} (already answered or timed out)"),
                     ));
                 };
+                self.counters.command_results_total += 1;
                 if p.mqtt_id {
                     let mut v = json!({
                         "cmd_id": key.1,
@@ -955,6 +1098,7 @@ impl Engine {
     /// Publishes a failed command: `cmd/response` when the command had an id, and always an
     /// `error` on the device.
     fn fail_command(&mut self, device: &str, cmd_id: Option<&str>, code: &str, reason: &str) {
+        self.counters.command_failures_total += 1;
         let now = time::now(&self.s.tz);
         let qos = self.s.qos;
         if let Some(id) = cmd_id {
@@ -1064,6 +1208,7 @@ impl Engine {
             );
             return;
         }
+        self.counters.commands_total += 1;
         self.pending.insert(
             (device.to_string(), cmd_id),
             Pending {
@@ -1250,7 +1395,10 @@ async fn drive(mut el: EventLoop, generation: u64, tx: mpsc::Sender<MqttEv>) {
                 }
             }
             Err(e) => {
-                let _ = tx.send(MqttEv::Down(generation, e.to_string())).await;
+                let refused = matches!(e, rumqttc::ConnectionError::ConnectionRefused(_));
+                let _ = tx
+                    .send(MqttEv::Down(generation, e.to_string(), refused))
+                    .await;
                 return;
             }
         }
@@ -1263,10 +1411,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) <= Duration::from_millis(300));
-        assert!(backoff(3) >= Duration::from_millis(1600));
+        assert!(backoff(0, REFUSED_CAP) <= Duration::from_millis(300));
+        assert!(backoff(3, REFUSED_CAP) >= Duration::from_millis(1600));
         for a in [20, 100, u32::MAX] {
-            assert!(backoff(a) <= Duration::from_secs(36));
+            assert!(backoff(a, REFUSED_CAP) <= Duration::from_secs(36));
+            // An unreachable broker is retried at least every 1.2 s (cap plus jitter).
+            assert!(backoff(a, UNREACHABLE_CAP) <= Duration::from_millis(1200));
         }
     }
 

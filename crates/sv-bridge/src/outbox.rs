@@ -6,9 +6,12 @@
 //! the original order (QoS 1 is at-least-once anyway).
 //!
 //! Invariants: the outbox never holds more than `max_messages` messages or (beyond one message)
-//! `max_bytes` bytes; when full, the oldest unsent message is dropped and counted. For a retained
-//! topic only the newest unsent message is kept (an older retained value is superseded anyway),
-//! which is what keeps a flood of state updates during an outage from evicting other messages.
+//! `max_bytes` bytes; when full, the oldest unsent non-retained message is dropped and counted
+//! (a retained one only when nothing else is left). For a retained topic only the newest unsent
+//! message is kept (an older retained value is superseded anyway), which is what keeps a flood of
+//! state updates during an outage from evicting other messages; and since retained messages are
+//! at most one per topic, preferring to drop the others keeps a flood of events from evicting
+//! the newest state, which the broker would otherwise go on serving stale.
 //! Pure data structure: no IO, no clock.
 
 use std::collections::{BTreeMap, HashMap};
@@ -120,7 +123,8 @@ impl Outbox {
             let victim = self
                 .entries
                 .iter()
-                .find(|(i, e)| !e.sent && **i != id)
+                .find(|(i, e)| !e.sent && !e.msg.retain && **i != id)
+                .or_else(|| self.entries.iter().find(|(i, e)| !e.sent && **i != id))
                 .or_else(|| self.entries.iter().find(|(i, _)| **i != id))
                 .map(|(i, _)| *i);
             let Some(victim) = victim else { break };
@@ -253,6 +257,17 @@ mod tests {
         let (_, out) = o.push(m("e", "67890", false));
         assert_eq!(out.dropped, 1);
         assert_eq!(drain(&mut o), ["67890"]);
+    }
+
+    #[test]
+    fn a_flood_of_events_drops_events_before_the_newest_retained_state() {
+        let mut o = Outbox::new(3, 1 << 20);
+        o.push(m("s/a", "a1", true));
+        for i in 0..10 {
+            o.push(m("e", &format!("e{i}"), false));
+        }
+        assert_eq!(o.dropped_total(), 8);
+        assert_eq!(drain(&mut o), ["a1", "e8", "e9"]);
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! Invariants: a line longer than `max_line_bytes` is never buffered whole (it is discarded up to
 //! the next newline and answered with `line_too_long`); a reader waits while the engine's input
 //! queue is full, which slows a flooding program down without affecting others; each connection
-//! has its own bounded write queue, so a program that does not read only loses its own messages.
+//! has its own write queue, bounded in lines ([`WRITE_QUEUE`]) and bytes ([`WRITE_QUEUE_BYTES`]),
+//! so a program that does not read only loses its own messages and costs bounded memory.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -21,6 +24,10 @@ use crate::settings::Settings;
 
 /// Lines queued towards one program before further ones are refused.
 pub(crate) const WRITE_QUEUE: usize = 256;
+/// Bytes queued towards one program before further lines are refused (one line of any length
+/// is always accepted into an empty queue). Without it, 256 inbound messages of up to the
+/// maximum packet size could pin hundreds of MB for one program that does not read.
+pub(crate) const WRITE_QUEUE_BYTES: usize = 1 << 20;
 
 /// Binds the socket, replacing a stale one, and applies mode and group.
 pub(crate) fn bind(s: &Settings) -> Result<UnixListener, BridgeError> {
@@ -95,9 +102,17 @@ async fn serve(stream: UnixStream, conn: u64, max_line: usize, to_engine: mpsc::
     let pid = stream.peer_cred().ok().and_then(|c| c.pid());
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<String>(WRITE_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let written = queued.clone();
     tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
-            if write.write_all(line.as_bytes()).await.is_err() {
+            let result = write.write_all(line.as_bytes()).await;
+            let n = line.len();
+            // Saturating: a line queued before the engine saw `Accounted` was never added.
+            let _ = written.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+            if result.is_err() {
                 break;
             }
         }
@@ -106,6 +121,10 @@ async fn serve(stream: UnixStream, conn: u64, max_line: usize, to_engine: mpsc::
         .send(FromConn::Opened { conn, pid, tx })
         .await
         .is_err()
+        || to_engine
+            .send(FromConn::Accounted { conn, queued })
+            .await
+            .is_err()
     {
         return;
     }

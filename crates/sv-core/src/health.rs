@@ -8,6 +8,10 @@
 //!   `status` of `pass` or `fail`, an `output` saying why, and one check per program under the
 //!   key `program:<name>`.
 //! - [`metrics_text`]: the Prometheus text exposition format, version 0.0.4.
+//! - [`bridge_metrics_text`]: the `iot2mqtt_sv_bridge_*` families, appended to the metrics when
+//!   the config has a bridge. The figures are [`BridgeStats`], the bridge's answer to its
+//!   `stats` request, pulled on demand by the HTTP handler; `None` (no answer) renders only
+//!   `iot2mqtt_sv_bridge_up 0`.
 //!
 //! The text format is rendered here rather than through `prometheus-client`: that crate only
 //! emits OpenMetrics and is built around a long-lived registry of atomic metrics, whereas this
@@ -22,6 +26,7 @@
 
 use std::fmt::Write as _;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::machine::{Snapshot, State};
@@ -225,10 +230,209 @@ pub fn metrics_text(snap: &Snapshot) -> String {
     out
 }
 
+/// The bridge's figures since it started, as its `stats` request answers them
+/// (`docs/protocol.md`). Counters restart at 0 when the bridge process restarts, which
+/// Prometheus treats as a counter reset. Unknown fields are ignored and missing ones are 0, so a
+/// supervisor and a bridge of different versions still agree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BridgeStats {
+    /// Whether the broker connection is up (CONNACK received and not lost since).
+    pub connected: bool,
+    /// Whether the last instance status published is `online`.
+    pub online: bool,
+    /// Successful connections to the broker (the first one included).
+    pub connects_total: u64,
+    /// Connections lost or attempts failed.
+    pub disconnects_total: u64,
+    /// Messages the broker acknowledged (QoS 0: written to the connection).
+    pub published_total: u64,
+    /// Messages dropped from the outbox to stay within its bounds.
+    pub dropped_total: u64,
+    /// Messages in the outbox now (sent but unacknowledged included).
+    pub outbox_messages: u64,
+    /// Bytes (topics and payloads) in the outbox now.
+    pub outbox_bytes: u64,
+    /// Program connections open now.
+    pub clients: u64,
+    /// Requests received from programs.
+    pub requests_total: u64,
+    /// Requests answered with an `error`.
+    pub refused_total: u64,
+    /// Lines for a program dropped because it did not read its socket.
+    pub client_drops_total: u64,
+    /// Commands delivered to programs.
+    pub commands_total: u64,
+    /// Commands that failed (no handler, timeout, busy or gone handler, expired, invalid).
+    pub command_failures_total: u64,
+    /// Commands answered by a program with `cmd_result`.
+    pub command_results_total: u64,
+}
+
+/// The `iot2mqtt_sv_bridge_*` metric families for `stats` (`None`: the bridge did not answer):
+///
+/// - `iot2mqtt_sv_bridge_up`: 1 when the bridge answered;
+/// - `iot2mqtt_sv_bridge_connected`, `iot2mqtt_sv_bridge_online`: 1 or 0;
+/// - `iot2mqtt_sv_bridge_connects_total`, `…_disconnects_total`;
+/// - `iot2mqtt_sv_bridge_published_total`, `…_dropped_total` (outbox overflow);
+/// - `iot2mqtt_sv_bridge_outbox_messages`, `…_outbox_bytes`;
+/// - `iot2mqtt_sv_bridge_clients`, `…_requests_total`, `…_refused_total`, `…_client_drops_total`;
+/// - `iot2mqtt_sv_bridge_commands_total`, `…_command_failures_total`, `…_command_results_total`.
+pub fn bridge_metrics_text(stats: Option<&BridgeStats>) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "iot2mqtt_sv_bridge_up",
+        "gauge",
+        "Whether the MQTT bridge answered the stats request (1) or not (0).",
+        &[(vec![], u8::from(stats.is_some()).to_string())],
+    );
+    let Some(s) = stats else {
+        return out;
+    };
+    let families: [(&str, &str, &str, u64); 15] = [
+        (
+            "connected",
+            "gauge",
+            "Whether the bridge is connected to the broker.",
+            u64::from(s.connected),
+        ),
+        (
+            "online",
+            "gauge",
+            "Whether the instance status last published is online.",
+            u64::from(s.online),
+        ),
+        (
+            "connects_total",
+            "counter",
+            "Successful broker connections since the bridge started.",
+            s.connects_total,
+        ),
+        (
+            "disconnects_total",
+            "counter",
+            "Broker connections lost or attempts failed since the bridge started.",
+            s.disconnects_total,
+        ),
+        (
+            "published_total",
+            "counter",
+            "Messages acknowledged by the broker since the bridge started.",
+            s.published_total,
+        ),
+        (
+            "dropped_total",
+            "counter",
+            "Messages dropped from the outbox to stay within outbox_max_messages or outbox_max_bytes.",
+            s.dropped_total,
+        ),
+        (
+            "outbox_messages",
+            "gauge",
+            "Messages waiting in the outbox (unacknowledged included).",
+            s.outbox_messages,
+        ),
+        (
+            "outbox_bytes",
+            "gauge",
+            "Bytes (topics and payloads) waiting in the outbox.",
+            s.outbox_bytes,
+        ),
+        (
+            "clients",
+            "gauge",
+            "Program connections to the bridge socket.",
+            s.clients,
+        ),
+        (
+            "requests_total",
+            "counter",
+            "Requests received from programs.",
+            s.requests_total,
+        ),
+        (
+            "refused_total",
+            "counter",
+            "Requests answered with an error.",
+            s.refused_total,
+        ),
+        (
+            "client_drops_total",
+            "counter",
+            "Lines for programs dropped because the program did not read its socket.",
+            s.client_drops_total,
+        ),
+        (
+            "commands_total",
+            "counter",
+            "MQTT commands delivered to programs.",
+            s.commands_total,
+        ),
+        (
+            "command_failures_total",
+            "counter",
+            "MQTT commands answered with an error by the bridge (no handler, timeout, busy, gone, expired, invalid).",
+            s.command_failures_total,
+        ),
+        (
+            "command_results_total",
+            "counter",
+            "Command results received from programs.",
+            s.command_results_total,
+        ),
+    ];
+    for (suffix, kind, help, v) in families {
+        family(
+            &mut out,
+            &format!("iot2mqtt_sv_bridge_{suffix}"),
+            kind,
+            help,
+            &[(vec![], v.to_string())],
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::machine::ProgramStatus;
+
+    #[test]
+    fn bridge_families_render_the_stats_or_only_up_0() {
+        assert_eq!(
+            bridge_metrics_text(None)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            ["iot2mqtt_sv_bridge_up 0"]
+        );
+        let s = BridgeStats {
+            connected: true,
+            dropped_total: 7,
+            outbox_messages: 3,
+            ..BridgeStats::default()
+        };
+        let text = bridge_metrics_text(Some(&s));
+        for want in [
+            "iot2mqtt_sv_bridge_up 1",
+            "iot2mqtt_sv_bridge_connected 1",
+            "iot2mqtt_sv_bridge_online 0",
+            "iot2mqtt_sv_bridge_dropped_total 7",
+            "iot2mqtt_sv_bridge_outbox_messages 3",
+            "# TYPE iot2mqtt_sv_bridge_dropped_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
+        }
+        // Missing fields are 0 and unknown ones are ignored (version skew).
+        let parsed: BridgeStats =
+            serde_json::from_str(r#"{"connected":true,"future":1}"#).expect("stats");
+        assert!(parsed.connected && parsed.published_total == 0);
+    }
 
     fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
         ProgramStatus {

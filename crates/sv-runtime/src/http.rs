@@ -7,7 +7,8 @@
 //!   with one check per program ([`sv_core::health::health_json`]);
 //! - `/ready`: as `/health`, and also 503 once a shutdown is under way, so a load balancer stops
 //!   sending traffic before the programs stop;
-//! - `/metrics`: Prometheus text format ([`sv_core::health::metrics_text`]).
+//! - `/metrics`: Prometheus text format ([`sv_core::health::metrics_text`]), followed, when the
+//!   supervisor runs a bridge, by the bridge's figures ([`sv_core::health::bridge_metrics_text`]).
 //!
 //! The server exposes no control verbs: it can only read.
 //!
@@ -15,6 +16,11 @@
 //! channel). That round trip is what proves the loop responsive: no answer within
 //! [`ASK_TIMEOUT`] (or a closed channel) makes `/live`, `/health` and `/ready` answer 503 with
 //! `"supervisor loop not responding"`. The server holds no state of its own.
+//!
+//! The bridge's figures are pulled the same way, on demand: `/metrics` sends `{"op":"stats"}`
+//! on the bridge socket and waits at most [`BRIDGE_TIMEOUT`] for the one-line answer. Nothing
+//! polls the bridge between scrapes (no periodic wake-ups), and sv-runtime needs no dependency
+//! on sv-bridge: the request is one JSON line and the answer is [`BridgeStats`].
 //!
 //! Invariants: [`serve`] returns once `shutdown` completes, after aborting open connections; a
 //! failing connection never stops the server; responses are never cached (`no-store`).
@@ -24,6 +30,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -31,10 +39,12 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sv_core::health::{
-    HEALTH_CONTENT_TYPE, METRICS_CONTENT_TYPE, health_json, metrics_text, unresponsive_json,
+    BridgeStats, HEALTH_CONTENT_TYPE, METRICS_CONTENT_TYPE, bridge_metrics_text, health_json,
+    metrics_text, unresponsive_json,
 };
 use sv_core::machine::Snapshot;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -47,6 +57,13 @@ pub const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The reason given when the main loop does not answer.
 pub const NOT_RESPONDING: &str = "supervisor loop not responding";
 
+/// How long `/metrics` waits for the bridge's `stats` answer before reporting
+/// `iot2mqtt_sv_bridge_up 0`.
+pub const BRIDGE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest `stats` answer read from the bridge.
+const BRIDGE_MAX_LINE: u64 = 64 * 1024;
+
 /// Binds `listen` (`host:port`, port 0 picks a free one) and returns the listener with the
 /// address actually bound, for the log and `status`.
 pub async fn bind(listen: &str) -> io::Result<(TcpListener, SocketAddr)> {
@@ -57,6 +74,17 @@ pub async fn bind(listen: &str) -> io::Result<(TcpListener, SocketAddr)> {
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, ask: Ask, shutdown: impl Future<Output = ()>) {
+    serve_with_bridge(listener, ask, None, shutdown).await;
+}
+
+/// Like [`serve`]; with `bridge` (the bridge's socket), `/metrics` adds the bridge's figures.
+pub async fn serve_with_bridge(
+    listener: TcpListener,
+    ask: Ask,
+    bridge: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let bridge = bridge.map(Arc::new);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut conns = JoinSet::new();
     loop {
@@ -65,8 +93,11 @@ pub async fn serve(listener: TcpListener, ask: Ask, shutdown: impl Future<Output
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let ask = ask.clone();
+                    let bridge = bridge.clone();
                     conns.spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| handle(req, ask.clone()));
+                        let svc = hyper::service::service_fn(move |req| {
+                            handle(req, ask.clone(), bridge.clone())
+                        });
                         let served = hyper::server::conn::http1::Builder::new()
                             // The timer enables hyper's header read timeout (slow clients).
                             .timer(TokioTimer::new())
@@ -98,6 +129,33 @@ async fn ask_snapshot(ask: &Ask) -> Option<Snapshot> {
         rx.await.ok()
     };
     tokio::time::timeout(ASK_TIMEOUT, round_trip)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Asks the bridge listening on `path` for its figures; `None` when it does not answer in time
+/// or answers something else.
+pub async fn bridge_stats(path: &Path) -> Option<BridgeStats> {
+    let exchange = async {
+        let stream = UnixStream::connect(path).await.ok()?;
+        let (read, mut write) = stream.into_split();
+        write
+            .write_all(b"{\"op\":\"stats\",\"id\":\"metrics\"}\n")
+            .await
+            .ok()?;
+        let mut line = String::new();
+        BufReader::new(read.take(BRIDGE_MAX_LINE))
+            .read_line(&mut line)
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+        if v["op"] != "stats" {
+            return None;
+        }
+        serde_json::from_value(v["stats"].clone()).ok()
+    };
+    tokio::time::timeout(BRIDGE_TIMEOUT, exchange)
         .await
         .ok()
         .flatten()
@@ -136,7 +194,11 @@ fn ok_or_unavailable(ok: bool) -> StatusCode {
 }
 
 /// Routes one request. HEAD is answered like GET; hyper leaves the body out.
-async fn handle(req: Request<Incoming>, ask: Ask) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    ask: Ask,
+    bridge: Option<Arc<PathBuf>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -185,6 +247,13 @@ async fn handle(req: Request<Incoming>, ask: Ask) -> Result<Response<Full<Bytes>
             }
             json_response(ok_or_unavailable(ready), &doc)
         }
-        _ => response(StatusCode::OK, METRICS_CONTENT_TYPE, metrics_text(&snap)),
+        _ => {
+            let mut text = metrics_text(&snap);
+            if let Some(path) = bridge {
+                let stats = bridge_stats(&path).await;
+                text.push_str(&bridge_metrics_text(stats.as_ref()));
+            }
+            response(StatusCode::OK, METRICS_CONTENT_TYPE, text)
+        }
     })
 }

@@ -154,6 +154,11 @@ pub async fn run(opts: Options) -> i32 {
             return 1;
         }
     };
+    // Held since `main` (see `signals::hold_signals`): a SIGTERM that came meanwhile is handled now.
+    if let Err(e) = signals::release_held_signals() {
+        error!(error = %e, "cannot unblock signals");
+        return 1;
+    }
 
     let settings = &opts.config.supervisor;
     let logs = LogHub::new(
@@ -183,8 +188,12 @@ pub async fn run(opts: Options) -> i32 {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    // Only a socket we bound is ours to remove at exit: the path may be another live
+    // supervisor's, which `bind` refuses to steal.
+    let mut socket_owned = false;
     match crate::server::bind(&opts.control_socket, settings.control_socket_mode) {
         Ok(listener) => {
+            socket_owned = true;
             let ctx = crate::server::Context {
                 control: control_tx.clone(),
                 snapshots: snapshot_rx.clone(),
@@ -206,9 +215,21 @@ pub async fn run(opts: Options) -> i32 {
                 info!(address = %addr, "health and metrics server listening");
                 http_addr = Some(addr.to_string());
                 let mut stop = stop_rx.clone();
-                tokio::spawn(crate::http::serve(listener, ask_tx.clone(), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }));
+                // The bridge's socket, as exported to every program: `/metrics` asks it for the
+                // bridge's figures on each scrape.
+                let bridge = opts
+                    .extra_env
+                    .iter()
+                    .find(|(k, _)| k == "IOT2MQTT_SV_BRIDGE_SOCKET")
+                    .map(|(_, v)| PathBuf::from(v));
+                tokio::spawn(crate::http::serve_with_bridge(
+                    listener,
+                    ask_tx.clone(),
+                    bridge,
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ));
             }
             Err(e) => {
                 error!(listen = %http.listen, error = %e, "cannot start the health and metrics server")
@@ -260,7 +281,9 @@ pub async fn run(opts: Options) -> i32 {
     for path in sup.notify_paths.values() {
         let _ = std::fs::remove_file(path);
     }
-    let _ = std::fs::remove_file(&sup.control_socket);
+    if socket_owned {
+        let _ = std::fs::remove_file(&sup.control_socket);
+    }
     if !sup.logs.drain(LOG_DRAIN).await {
         debug!("some output pipes were still open at exit");
     }
@@ -878,6 +901,38 @@ impl Supervisor {
         }
     }
 
+    /// Whether a program held back by its dependencies can expect them to come: one of them is
+    /// starting, backing off or stopping (to restart), running towards a `completed` condition,
+    /// or itself waiting for dependencies on their way. `depth` bounds the walk (the dependency
+    /// graph is validated acyclic, so the number of programs is enough).
+    fn dependencies_on_the_way(&self, id: ProgramId, snap: &Snapshot, depth: usize) -> bool {
+        use sv_core::config::DependencyCondition;
+        if depth == 0 {
+            return false;
+        }
+        self.machine
+            .program(id)
+            .depends_on
+            .iter()
+            .any(|(name, cond)| {
+                let Some(d) = self.machine.find(name) else {
+                    return false;
+                };
+                let ds = &snap.programs[d.0];
+                match ds.state {
+                    "STARTING" | "BACKOFF" | "STOPPING" => true,
+                    "RUNNING" => *cond == DependencyCondition::Completed,
+                    "STOPPED" => {
+                        ds.reason
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with("waiting for"))
+                            && self.dependencies_on_the_way(d, snap, depth - 1)
+                    }
+                    _ => false,
+                }
+            })
+    }
+
     fn check_waiters(&mut self, now: Instant) {
         if self.waiters.is_empty() {
             return;
@@ -902,7 +957,8 @@ impl Supervisor {
                             || (s.state == "STOPPED"
                                 && s.reason
                                     .as_deref()
-                                    .is_some_and(|r| r.starts_with("waiting for"))),
+                                    .is_some_and(|r| r.starts_with("waiting for"))
+                                && !self.dependencies_on_the_way(id, &snap, snap.programs.len())),
                     ),
                 };
                 if !reached && !failed && !shutting_down && now < w.deadline {
@@ -1011,7 +1067,10 @@ pub fn add_bridge_program(config: &mut Config, command: Vec<String>) {
         priority: i32::MIN,
         autorestart: AutoRestart::Always,
         startsecs: Duration::ZERO,
-        startretries: 10,
+        // The bridge is ready as soon as its socket listens, before it talks to any broker, so
+        // a failed start is a configuration error (missing INSTANCE_NAME, unreadable instance
+        // file): give up after a couple of tries instead of backing off for a minute.
+        startretries: 2,
         stopwaitsecs: Duration::from_secs(3),
         readiness: ReadinessConfig {
             check: ReadinessCheck::Notify,
