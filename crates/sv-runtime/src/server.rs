@@ -15,7 +15,7 @@ use sv_core::machine::Snapshot;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::debug;
+use tracing::warn;
 
 use crate::control::{Request, code, error_reply, ok_reply, parse_request};
 use crate::logs::{LogHub, LogLine};
@@ -23,6 +23,9 @@ use crate::supervisor::ControlMsg;
 
 /// The longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// How long the accept loop pauses after a failed `accept` (e.g. out of descriptors).
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What every connection task needs.
 #[derive(Debug, Clone)]
@@ -56,11 +59,28 @@ pub(crate) fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
 /// Accepts connections until `stop` turns true.
 pub(crate) async fn serve(listener: UnixListener, ctx: Context, mut stop: watch::Receiver<bool>) {
     let conn_stop = stop.clone();
+    // Set while accept keeps failing, so a streak is logged once rather than ten times a second.
+    let mut failing = false;
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => { tokio::spawn(connection(stream, ctx.clone(), conn_stop.clone())); }
-                Err(e) => debug!(error = %e, "control accept failed"),
+                Ok((stream, _)) => {
+                    failing = false;
+                    tokio::spawn(connection(stream, ctx.clone(), conn_stop.clone()));
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(error = %e, "control accept failed; retrying every {ACCEPT_PAUSE:?}");
+                    }
+                    failing = true;
+                    // EMFILE/ENFILE leave the pending connection queued and the listener
+                    // readable: retrying at once would spin PID 1 at full CPU until a
+                    // descriptor frees up (accept(2)). Pausing lets connections close meanwhile.
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_PAUSE) => {}
+                        () = stopped(&mut stop) => break,
+                    }
+                }
             },
             () = stopped(&mut stop) => break,
         }

@@ -1,4 +1,5 @@
-//! Sending signals to programs, their process groups and leftover descendants.
+//! Sending signals to programs, their process groups and leftover descendants, and holding the
+//! supervisor's own signals pending until their handlers exist ([`hold_signals`]).
 //!
 //! Invariants:
 //! - [`send`] never signals pid ≤ 0: `kill(0)`/`kill(-1)` would hit the supervisor's own group or
@@ -11,11 +12,47 @@ use std::collections::HashMap;
 use std::io;
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal as NixSignal, kill, killpg};
+use nix::sys::signal::{SigSet, Signal as NixSignal, kill, killpg};
 use nix::unistd::Pid;
 use sv_core::signal::Signal;
 
 use crate::reap::ReaperMode;
+
+/// The signals the supervisor installs handlers for (besides SIGCHLD, whose default is to be
+/// ignored and so cannot be lost).
+const HELD: [NixSignal; 7] = [
+    NixSignal::SIGTERM,
+    NixSignal::SIGINT,
+    NixSignal::SIGQUIT,
+    NixSignal::SIGHUP,
+    NixSignal::SIGUSR1,
+    NixSignal::SIGUSR2,
+    NixSignal::SIGWINCH,
+];
+
+fn held_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in HELD {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks the supervisor's signals in the calling thread (and every thread it creates later)
+/// until [`release_held_signals`], so they stay pending instead of being lost while the config
+/// is read. As PID 1 a signal without a handler is discarded (pid_namespaces(7)), even one sent
+/// from the host: a `docker stop` during start-up would be lost and Docker would SIGKILL us 10 s
+/// later. A blocked signal is never discarded (the handler may exist by the time it is
+/// unblocked). Programs are unaffected: they start with an empty mask ([`crate::spawn`]).
+pub fn hold_signals() -> io::Result<()> {
+    held_set().thread_block().map_err(io::Error::from)
+}
+
+/// Unblocks what [`hold_signals`] blocked; call once the handlers are installed. Pending
+/// signals are delivered to their handlers at once.
+pub fn release_held_signals() -> io::Result<()> {
+    held_set().thread_unblock().map_err(io::Error::from)
+}
 
 /// The platform signal for a [`Signal`].
 pub fn to_nix(sig: Signal) -> NixSignal {
