@@ -315,6 +315,12 @@ fn client_result(r: Result<i32, client::ClientError>) -> u8 {
 }
 
 fn main() -> ExitCode {
+    // As PID 1, a signal without a handler is discarded by the kernel: hold them from the first
+    // instruction, before argument parsing, so a `docker stop` right after start is kept pending
+    // until the supervisor's handlers exist (`run` holds them too when not PID 1).
+    if std::process::id() == 1 {
+        let _ = sv_runtime::signals::hold_signals();
+    }
     let cli = Cli::parse();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let code = match cli.command {

@@ -948,6 +948,20 @@ fn sigterm_as_pid1_before_the_handlers_are_installed_is_not_lost() {
             .filter(|&p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == bin))
     });
     sv.set_signal_pid(sup);
+    // Between exec and the first instructions of `main` no process can hold a signal: wait
+    // until SIGTERM is blocked (held) or caught (handled), so the test asks exactly whether a
+    // signal arriving while the config is parsed is kept, not whether it won a race with exec.
+    wait_until("the supervisor to hold or handle SIGTERM", || {
+        let status = std::fs::read_to_string(format!("/proc/{sup}/status")).unwrap_or_default();
+        let mask = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+                .unwrap_or(0)
+        };
+        (mask("SigBlk:") | mask("SigCgt:")) & (1 << (Signal::SIGTERM as i32 - 1)) != 0
+    });
     let socket_existed = sv.socket.exists();
     let (code, took) = signal_and_wait_exit(&mut sv, Signal::SIGTERM, Duration::from_secs(2));
     measured(

@@ -1316,6 +1316,16 @@ impl Machine {
                     fast: false,
                 };
                 self.events.push_back(Event::Shutdown { reason });
+                // Spawns still queued (a long start-up interrupted by SIGTERM) are cancelled:
+                // starting a program only to stop it again wastes the shutdown budget.
+                let progs = &mut self.progs;
+                self.actions.retain(|a| match a {
+                    Action::Spawn(id) => {
+                        progs[id.0].spawn_pending = false;
+                        false
+                    }
+                    _ => true,
+                });
                 for i in 0..self.progs.len() {
                     let p = &mut self.progs[i];
                     if !p.live() {

@@ -799,3 +799,30 @@ proptest! {
         prop_assert!(w.procs.is_empty(), "exit with live processes: {:?}", w.procs);
     }
 }
+
+#[test]
+fn shutdown_cancels_spawns_still_queued() {
+    let cfg = config((0..50).map(|i| prog(&format!("p{i:02}"))).collect());
+    let mut m = Machine::new(&cfg, 1);
+    let now = Instant::now();
+    m.start(now);
+    // The runtime carried out a few spawns, then SIGTERM arrived.
+    for _ in 0..3 {
+        let Some(Action::Spawn(id)) = m.poll_action() else { panic!("expected a spawn") };
+        m.handle(now, Input::Spawned { program: id, pid: 1000 + id.0 as i32 });
+    }
+    m.handle(now, Input::ShutdownRequested);
+    let mut spawns = 0;
+    let mut signalled = 0;
+    while let Some(a) = m.poll_action() {
+        match a {
+            Action::Spawn(_) => spawns += 1,
+            Action::Signal { .. } => signalled += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(spawns, 0, "queued spawns must be cancelled");
+    assert_eq!(signalled, 3, "only the three started programs are stopped");
+    let snap = m.snapshot(now);
+    assert_eq!(snap.programs.iter().filter(|p| p.state == "STOPPED").count(), 47);
+}

@@ -255,7 +255,7 @@ pub async fn run(opts: Options) -> i32 {
     sup.bind_notify_sockets(&rundir, &opts.config.programs, stop_rx.clone());
 
     sup.machine.start(Instant::now());
-    sup.pump();
+    sup.pump(&mut sigs);
 
     while sup.exit.is_none() {
         let wake = sup.next_wake();
@@ -273,7 +273,7 @@ pub async fn run(opts: Options) -> i32 {
             Some(reply) = ask_rx.recv() => { let _ = reply.send(sup.machine.snapshot(Instant::now())); }
             () = sleep => sup.on_timer(),
         }
-        sup.pump();
+        sup.pump(&mut sigs);
     }
     let code = sup.exit.unwrap_or(0);
     let _ = stop_tx.send(true);
@@ -360,7 +360,11 @@ impl Supervisor {
     }
 
     /// Carries out every pending action and logs every event, then publishes the snapshot.
-    fn pump(&mut self) {
+    ///
+    /// Signals already delivered are handled between actions, so a SIGTERM during a long
+    /// start-up (hundreds of spawns) takes effect at once instead of after the last spawn.
+    fn pump(&mut self, sigs: &mut signal_hook_tokio::Signals) {
+        use futures_util::FutureExt;
         loop {
             while let Some(ev) = self.machine.poll_event() {
                 self.log_event(ev);
@@ -369,6 +373,9 @@ impl Supervisor {
                 break;
             };
             self.act(action);
+            while let Some(Some(sig)) = sigs.next().now_or_never() {
+                self.on_signal(sig);
+            }
         }
         let now = Instant::now();
         self.check_waiters(now);
