@@ -808,8 +808,16 @@ fn shutdown_cancels_spawns_still_queued() {
     m.start(now);
     // The runtime carried out a few spawns, then SIGTERM arrived.
     for _ in 0..3 {
-        let Some(Action::Spawn(id)) = m.poll_action() else { panic!("expected a spawn") };
-        m.handle(now, Input::Spawned { program: id, pid: 1000 + id.0 as i32 });
+        let Some(Action::Spawn(id)) = m.poll_action() else {
+            panic!("expected a spawn")
+        };
+        m.handle(
+            now,
+            Input::Spawned {
+                program: id,
+                pid: 1000 + id.0 as i32,
+            },
+        );
     }
     m.handle(now, Input::ShutdownRequested);
     let mut spawns = 0;
@@ -824,5 +832,11 @@ fn shutdown_cancels_spawns_still_queued() {
     assert_eq!(spawns, 0, "queued spawns must be cancelled");
     assert_eq!(signalled, 3, "only the three started programs are stopped");
     let snap = m.snapshot(now);
-    assert_eq!(snap.programs.iter().filter(|p| p.state == "STOPPED").count(), 47);
+    assert_eq!(
+        snap.programs
+            .iter()
+            .filter(|p| p.state == "STOPPED")
+            .count(),
+        47
+    );
 }
