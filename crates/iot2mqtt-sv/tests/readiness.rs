@@ -16,7 +16,7 @@ use common::{Sv, child_cmd, lines, read, toml_str, wait_lines, wait_pid_file};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
-use sv_testkit::{WAIT, free_port, wait_until};
+use sv_testkit::{WAIT, free_port, wait_for, wait_until};
 
 /// A TOML array running `script` with `/bin/sh -c`, with `args` as `$1`, `$2`, ...
 fn sh(script: &str, args: &[&str]) -> String {
@@ -664,6 +664,48 @@ fn tcp_liveness_restarts_a_program_that_stops_listening() {
     assert!(
         unhealthy.iter().any(|e| e["program"] == "net"
             && e["reason"] == "liveness: connection refused (2 of 2 failures)"),
+        "{}",
+        sv.stderr()
+    );
+}
+
+#[test]
+fn mainpid_hands_the_program_over_to_the_daemon_it_forked() {
+    // The wrapper starts a daemon, names it with MAINPID= (systemd-notify --pid) and exits:
+    // the program is the daemon from then on, its wrapper's exit goes unnoticed, and the
+    // daemon's own death is the program's exit.
+    let dir = Sv::new_dir();
+    let daemon_pid = dir.path().join("daemon.pid");
+    let wrapper_pid = dir.path().join("wrapper.pid");
+    let config = format!(
+        "{JSON_LOG}[program.svc]\ncommand = {}\nready = {{ kind = \"notify\" }}\nautorestart = false\ncritical = false\n",
+        sh(
+            "echo $$ > \"$2\"; sleep 3600 & echo $! > \"$1\"; systemd-notify --ready --pid=$!; exit 0",
+            &[&p(&daemon_pid), &p(&wrapper_pid)]
+        )
+    );
+    let sv = Sv::spawn_in(dir, &config, Default::default());
+    sv.wait_socket();
+    let daemon: i32 = wait_for("the daemon's pid", WAIT, || {
+        read(&daemon_pid).trim().parse().ok()
+    });
+    let s = sv.wait_program("svc to be its daemon", "svc", |s| {
+        s["state"] == "RUNNING" && s["pid"] == daemon
+    });
+    assert_eq!(s["restarts"], 0, "{s}");
+    // Once the wrapper has exited, the daemon is the supervisor's (as subreaper) and the program
+    // is still RUNNING as it. (A daemon that dies while the wrapper still runs is the wrapper's
+    // to reap; docs/readiness-and-health.md says so.)
+    let wrapper: i32 = read(&wrapper_pid).trim().parse().unwrap();
+    wait_until("the wrapper to exit", || {
+        !std::path::Path::new(&format!("/proc/{wrapper}")).exists()
+    });
+    assert_eq!(sv.program("svc")["state"], "RUNNING");
+    kill(Pid::from_raw(daemon), Signal::SIGKILL).unwrap();
+    let s = sv.wait_program("svc to exit with its daemon", "svc", |s| s["pid"].is_null());
+    assert_eq!(s["exit_status"], 137, "{s}");
+    assert!(
+        sv.stderr().contains("main process changed"),
         "{}",
         sv.stderr()
     );

@@ -124,6 +124,14 @@ pub enum Input {
         pid: i32,
         text: String,
     },
+    /// sd_notify `MAINPID=`: the program's main process is now `main_pid` (a daemon that forked
+    /// away from the process we spawned). The runtime has checked that `main_pid` descends from
+    /// the supervisor and belongs to no other program.
+    MainPid {
+        program: ProgramId,
+        pid: i32,
+        main_pid: i32,
+    },
     /// sd_notify `EXTEND_TIMEOUT_USEC`: push the readiness deadline out.
     ExtendTimeout {
         program: ProgramId,
@@ -205,6 +213,8 @@ pub enum Event {
     },
     /// The stop deadline passed; SIGKILL sent.
     Killed { program: ProgramId, pid: i32 },
+    /// The program's main process changed (sd_notify `MAINPID=`).
+    MainPid { program: ProgramId, old: i32, pid: i32 },
     /// A liveness probe or the watchdog failed.
     Unhealthy {
         program: ProgramId,
@@ -606,6 +616,27 @@ impl Machine {
                 let p = &mut self.progs[program.0];
                 if p.pid == Some(pid) {
                     p.status_text = Some(text);
+                }
+            }
+            Input::MainPid {
+                program,
+                pid,
+                main_pid,
+            } => {
+                let p = &mut self.progs[program.0];
+                if p.pid == Some(pid)
+                    && matches!(p.state, State::Starting | State::Running)
+                    && !self.progs.iter().any(|q| q.pid == Some(main_pid))
+                {
+                    // From now on the program is that process: its exit is the program's exit,
+                    // stop signals go to it; the process we spawned may exit unnoticed.
+                    let p = &mut self.progs[program.0];
+                    p.pid = Some(main_pid);
+                    self.events.push_back(Event::MainPid {
+                        program,
+                        old: pid,
+                        pid: main_pid,
+                    });
                 }
             }
             Input::ExtendTimeout { program, pid, by } => {

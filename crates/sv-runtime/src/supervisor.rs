@@ -267,8 +267,10 @@ pub async fn run(opts: Options) -> i32 {
         };
         tokio::select! {
             biased;
-            Some(sig) = sigs.next() => sup.on_signal(sig),
+            // Notifications first: a daemon's MAINPID= (sent before its parent exits) must be
+            // seen before the SIGCHLD of that parent, or the program would look dead.
             Some(msg) = internal_rx.recv() => sup.on_internal(msg),
+            Some(sig) = sigs.next() => sup.on_signal(sig),
             Some(msg) = control_rx.recv() => sup.on_control(msg),
             Some(reply) = ask_rx.recv() => { let _ = reply.send(sup.machine.snapshot(Instant::now())); }
             () = sleep => sup.on_timer(),
@@ -679,6 +681,16 @@ impl Supervisor {
                         Notify::Ready => Some(Input::Ready { program, pid }),
                         Notify::Watchdog => Some(Input::WatchdogPing { program, pid }),
                         Notify::Status(text) => Some(Input::StatusText { program, pid, text }),
+                        Notify::MainPid(main_pid) if main_pid != pid => {
+                            // Only a descendant of ours may become a program's main process:
+                            // anything else would let a program have us signal a stranger.
+                            if signals::descendants().contains(&main_pid) {
+                                Some(Input::MainPid { program, pid, main_pid })
+                            } else {
+                                warn!(program = %self.name(program), main_pid, "ignoring MAINPID= of a process that is not ours");
+                                None
+                            }
+                        }
                         Notify::ExtendTimeoutUsec(us) => Some(Input::ExtendTimeout {
                             program,
                             pid,
@@ -996,6 +1008,9 @@ impl Supervisor {
         match ev {
             Event::Spawned { program, pid } => info!(program = %self.name(program), pid, "spawned"),
             Event::Ready { program, pid } => info!(program = %self.name(program), pid, "ready"),
+            Event::MainPid { program, old, pid } => {
+                info!(program = %self.name(program), old, pid, "main process changed (MAINPID)")
+            }
             Event::Exited {
                 program,
                 pid,
