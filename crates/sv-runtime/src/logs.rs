@@ -2,10 +2,11 @@
 //! line at a time, plus a bounded in-memory ring of recent lines per program for `logs`.
 //!
 //! Shape: [`LogHub::pipe`] makes a pipe per captured stream and spawns a reader task on its read
-//! end. Readers cut the bytes into lines, record each line in the program's ring buffer and
-//! follower channel, and send it through one bounded channel to a single writer thread that owns
-//! the supervisor's stdout and stderr. One writer means lines from different programs never
-//! interleave mid-line.
+//! end. Readers cut the bytes into lines, record them in the program's ring buffer and follower
+//! channel, and send the lines of each read as one batch through one bounded channel to a single
+//! writer thread that owns the supervisor's stdout and stderr (a batch per read, not a message
+//! per line, keeps the cost per line to formatting and a buffered copy). One writer means lines
+//! from different programs never interleave mid-line.
 //!
 //! Output formats ([`LogFormat`]):
 //! - text: `{program} | {line}`; lines the program wrote on stderr go to the supervisor's
@@ -85,9 +86,10 @@ pub struct LogLine {
 /// Called with the text of every line (and every piece of a split line) as it is read.
 pub type LineHook = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Lines in flight between the readers and the writer. Small enough that a stalled stdout holds
-/// little memory, large enough to absorb bursts without stalling programs.
-const CHANNEL_LINES: usize = 1024;
+/// Batches (the lines of one pipe read, at most [`READ_BYTES`] of output each) in flight between
+/// the readers and the writer. Small enough that a stalled stdout holds little memory, large
+/// enough to absorb bursts without stalling programs.
+const CHANNEL_BATCHES: usize = 16;
 /// Lines a follower may fall behind before it starts skipping.
 const FOLLOW_LINES: usize = 1024;
 /// Bytes read from a pipe at once (the default Linux pipe capacity).
@@ -96,7 +98,9 @@ const READ_BYTES: usize = 64 * 1024;
 const WRITE_BUF: usize = 64 * 1024;
 
 enum Msg {
-    Line(LogLine),
+    /// The lines of one read from one pipe, in order: one channel message and one writer
+    /// wake-up per read instead of per line.
+    Lines(Vec<LogLine>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -149,7 +153,7 @@ impl LogHub {
         stdout: Box<dyn Write + Send>,
         stderr: Box<dyn Write + Send>,
     ) -> LogHub {
-        let (tx, rx) = mpsc::channel(CHANNEL_LINES);
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let sinks = [Sink::new(stdout, "stdout"), Sink::new(stderr, "stderr")];
         // A dedicated thread rather than spawn_blocking: it lives as long as the hub and would
         // otherwise pin a blocking-pool thread; a plain thread also needs no runtime to exist.
@@ -292,6 +296,7 @@ impl Reader {
         let max = self.inner.max_line_bytes;
         let mut buf = vec![0u8; READ_BYTES];
         let mut pending: Vec<u8> = Vec::new();
+        let mut batch: Vec<LogLine> = Vec::new();
         loop {
             let n = match pipe.read(&mut buf).await {
                 Ok(0) => break,
@@ -305,54 +310,63 @@ impl Reader {
             let mut chunk = &buf[..n];
             while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
                 pending.extend_from_slice(&chunk[..i]);
-                self.emit_line(&mut pending).await;
+                self.emit_line(&mut pending, &mut batch);
                 chunk = &chunk[i + 1..];
             }
             pending.extend_from_slice(chunk);
             // Bound memory for a program that never writes a newline.
             while pending.len() > max {
-                self.emit_piece(&mut pending).await;
+                self.emit_piece(&mut pending, &mut batch);
             }
+            self.send(&mut batch).await;
         }
         if !pending.is_empty() {
-            self.emit_line(&mut pending).await;
+            self.emit_line(&mut pending, &mut batch);
         }
+        self.send(&mut batch).await;
         self.inner.readers.send_modify(|n| *n = n.saturating_sub(1));
     }
 
     /// Emits `pending` as one complete line (split into pieces if too long) and clears it.
-    async fn emit_line(&self, pending: &mut Vec<u8>) {
+    fn emit_line(&self, pending: &mut Vec<u8>, batch: &mut Vec<LogLine>) {
         if pending.last() == Some(&b'\r') {
             pending.pop();
         }
         while pending.len() > self.inner.max_line_bytes {
-            self.emit_piece(pending).await;
+            self.emit_piece(pending, batch);
         }
         let text = String::from_utf8_lossy(pending).into_owned();
         pending.clear();
-        self.emit(text, false).await;
+        self.emit(text, false, batch);
     }
 
     /// Emits the first `max_line_bytes` (or fewer, to end on a character boundary) of
     /// `pending` as a partial line and removes them.
-    async fn emit_piece(&self, pending: &mut Vec<u8>) {
+    fn emit_piece(&self, pending: &mut Vec<u8>, batch: &mut Vec<LogLine>) {
         let cut = piece_len(pending, self.inner.max_line_bytes);
         let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
         pending.drain(..cut);
-        self.emit(text, true).await;
+        self.emit(text, true, batch);
     }
 
-    async fn emit(&self, line: String, partial: bool) {
+    fn emit(&self, line: String, partial: bool, batch: &mut Vec<LogLine>) {
         if let Some(hook) = &self.on_line {
             hook(&line);
         }
-        let line = LogLine {
+        batch.push(LogLine {
             ts: jiff::Timestamp::now(),
             program: self.program.clone(),
             stream: self.stream,
             line,
             partial,
-        };
+        });
+    }
+
+    /// Records a read's lines in the ring and for followers, then hands them to the writer.
+    async fn send(&self, batch: &mut Vec<LogLine>) {
+        if batch.is_empty() {
+            return;
+        }
         {
             let mut programs = self
                 .inner
@@ -360,19 +374,25 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(p) = programs.get_mut(&self.program) {
-                if self.inner.ring_lines > 0 {
-                    if p.ring.len() >= self.inner.ring_lines {
+                let ring = self.inner.ring_lines;
+                // Only the last `ring` lines of a large read can stay in the ring.
+                for line in &batch[batch.len().saturating_sub(ring)..] {
+                    if p.ring.len() >= ring {
                         p.ring.pop_front();
                     }
                     p.ring.push_back(line.clone());
                 }
-                // No followers is the normal case, not an error.
-                let _ = p.follow.send(line.clone());
+                // No followers is the normal case: then nothing is cloned.
+                if p.follow.receiver_count() > 0 {
+                    for line in batch.iter() {
+                        let _ = p.follow.send(line.clone());
+                    }
+                }
             }
         }
         // Waiting here is the backpressure: see the module doc. An error means the writer is
         // gone, and then there is nowhere left to write.
-        let _ = self.inner.tx.send(Msg::Line(line)).await;
+        let _ = self.inner.tx.send(Msg::Lines(std::mem::take(batch))).await;
     }
 }
 
@@ -485,20 +505,22 @@ fn write_loop(format: LogFormat, mut rx: mpsc::Receiver<Msg>, mut sinks: [Sink; 
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
         match msg {
-            Msg::Line(l) => {
-                let idx = match l.stream {
-                    Stream::Stdout => 0,
-                    Stream::Stderr => 1,
-                };
-                // Keep stdout and stderr lines in order relative to each other when both go to
-                // the same terminal or log collector.
-                if let Some(prev) = last.filter(|&p| p != idx) {
-                    sinks[prev].flush();
+            Msg::Lines(lines) => {
+                for l in &lines {
+                    let idx = match l.stream {
+                        Stream::Stdout => 0,
+                        Stream::Stderr => 1,
+                    };
+                    // Keep stdout and stderr lines in order relative to each other when both
+                    // go to the same terminal or log collector.
+                    if let Some(prev) = last.filter(|&p| p != idx) {
+                        sinks[prev].flush();
+                    }
+                    last = Some(idx);
+                    buf.clear();
+                    format_line(format, l, &mut buf);
+                    sinks[idx].write(&buf);
                 }
-                last = Some(idx);
-                buf.clear();
-                format_line(format, &l, &mut buf);
-                sinks[idx].write(&buf);
             }
             Msg::Flush(done) => {
                 sinks.iter_mut().for_each(Sink::flush);
