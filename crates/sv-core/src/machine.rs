@@ -214,7 +214,11 @@ pub enum Event {
     /// The stop deadline passed; SIGKILL sent.
     Killed { program: ProgramId, pid: i32 },
     /// The program's main process changed (sd_notify `MAINPID=`).
-    MainPid { program: ProgramId, old: i32, pid: i32 },
+    MainPid {
+        program: ProgramId,
+        old: i32,
+        pid: i32,
+    },
     /// A liveness probe or the watchdog failed.
     Unhealthy {
         program: ProgramId,

@@ -685,7 +685,11 @@ impl Supervisor {
                             // Only a descendant of ours may become a program's main process:
                             // anything else would let a program have us signal a stranger.
                             if signals::descendants().contains(&main_pid) {
-                                Some(Input::MainPid { program, pid, main_pid })
+                                Some(Input::MainPid {
+                                    program,
+                                    pid,
+                                    main_pid,
+                                })
                             } else {
                                 warn!(program = %self.name(program), main_pid, "ignoring MAINPID= of a process that is not ours");
                                 None
