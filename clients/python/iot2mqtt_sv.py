@@ -172,7 +172,12 @@ class Client:
         """Reads and dispatches messages, reconnecting when the bridge goes away."""
         while not self._closed:
             reader = self._reader
-            line = reader.readline() if reader is not None else b""
+            try:
+                line = reader.readline() if reader is not None else b""
+            except OSError:
+                # A bridge killed with unread data in its socket resets the connection
+                # (ECONNRESET) instead of closing it: the same disconnect as EOF.
+                line = b""
             if not line:
                 if self._closed:
                     return
