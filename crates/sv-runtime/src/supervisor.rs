@@ -532,22 +532,13 @@ impl Supervisor {
         };
         let tx = self.internal_tx.clone();
         match check {
-            ReadinessCheck::Tcp { address } => {
+            ReadinessCheck::Tcp { .. } | ReadinessCheck::Http { .. } => {
                 tokio::spawn(async move {
-                    let result = probe::tcp(&address, timeout).await;
-                    let _ = tx
-                        .send(Internal::Probe {
-                            program: id,
-                            pid,
-                            kind,
-                            result,
-                        })
-                        .await;
-                });
-            }
-            ReadinessCheck::Http { url } => {
-                tokio::spawn(async move {
-                    let result = probe::http(&url, timeout).await;
+                    let result = match &check {
+                        ReadinessCheck::Tcp { address } => probe::tcp(address, timeout).await,
+                        ReadinessCheck::Http { url } => probe::http(url, timeout).await,
+                        _ => return,
+                    };
                     let _ = tx
                         .send(Internal::Probe {
                             program: id,
