@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::codec::{CmdStatus, DeviceSet, ErrorCode, Op, Reply, Request, encode_reply};
 use crate::outbox::{Message, Outbox};
+use crate::quickack::BrokerSocket;
 use crate::settings::Settings;
 use crate::topics::{Inbound, Topics, matches, valid_filter, valid_segment, valid_topic};
 use crate::{BridgeError, ReadyReport, SupervisorView, server, time};
@@ -321,8 +322,14 @@ impl Engine {
     fn connect(&mut self) {
         self.reconnect_at = None;
         self.generation += 1;
-        let (client, el) = AsyncClient::new(self.options.clone(), 4 * WINDOW + 64);
-        tokio::spawn(drive(el, self.generation, self.ev_tx.clone()));
+        let (client, mut el) = AsyncClient::new(self.options.clone(), 4 * WINDOW + 64);
+        // Every packet the bridge sends is small and latency-bound (PUBACKs, command results,
+        // state updates). With Nagle's algorithm each one waits for the broker's (delayed)
+        // acknowledgement of the previous segment, which queued commands by up to 40 ms.
+        let mut net = el.network_options();
+        net.set_tcp_nodelay(true);
+        el.set_network_options(net);
+        tokio::spawn(drive(el, self.generation, self.s.port, self.ev_tx.clone()));
         self.client = Some(client);
         self.connected = false;
         tracing::debug!(generation = self.generation, "connecting to broker");
@@ -1382,10 +1389,28 @@ fn parse_object(payload: &[u8]) -> Option<Map<String, Value>> {
 }
 
 /// Drives one rumqttc connection until its first error; the engine decides about reconnecting.
-async fn drive(mut el: EventLoop, generation: u64, tx: mpsc::Sender<MqttEv>) {
+async fn drive(mut el: EventLoop, generation: u64, port: u16, tx: mpsc::Sender<MqttEv>) {
+    let mut socket = None;
     loop {
         match el.poll().await {
             Ok(ev) => {
+                match &ev {
+                    Event::Incoming(Packet::ConnAck(_)) => socket = BrokerSocket::find(port),
+                    // Packets the bridge never answers: nothing outgoing will carry the TCP
+                    // acknowledgement, so send it now (see `quickack`).
+                    Event::Incoming(
+                        Packet::PubAck(_)
+                        | Packet::PubComp(_)
+                        | Packet::SubAck(_)
+                        | Packet::UnsubAck(_)
+                        | Packet::PingResp,
+                    ) => {
+                        if let Some(s) = socket {
+                            let _ = s.ack_now();
+                        }
+                    }
+                    _ => {}
+                }
                 if tx
                     .send(MqttEv::Event(generation, Box::new(ev)))
                     .await

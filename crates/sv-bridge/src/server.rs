@@ -28,6 +28,9 @@ pub(crate) const WRITE_QUEUE: usize = 256;
 /// is always accepted into an empty queue). Without it, 256 inbound messages of up to the
 /// maximum packet size could pin hundreds of MB for one program that does not read.
 pub(crate) const WRITE_QUEUE_BYTES: usize = 1 << 20;
+/// Queued lines are gathered into one write up to about this size (still counted as queued
+/// until written).
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
 /// Binds the socket, replacing a stale one, and applies mode and group.
 pub(crate) fn bind(s: &Settings) -> Result<UnixListener, BridgeError> {
@@ -105,9 +108,20 @@ async fn serve(stream: UnixStream, conn: u64, max_line: usize, to_engine: mpsc::
     let queued = Arc::new(AtomicUsize::new(0));
     let written = queued.clone();
     tokio::spawn(async move {
+        let mut out = Vec::new();
         while let Some(line) = rx.recv().await {
-            let result = write.write_all(line.as_bytes()).await;
-            let n = line.len();
+            // Lines queued meanwhile leave in the same write: a program streaming requests gets
+            // its replies in batches, one system call and one wake-up for many.
+            out.clear();
+            out.extend_from_slice(line.as_bytes());
+            while out.len() < WRITE_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => out.extend_from_slice(more.as_bytes()),
+                    Err(_) => break,
+                }
+            }
+            let result = write.write_all(&out).await;
+            let n = out.len();
             // Saturating: a line queued before the engine saw `Accounted` was never added.
             let _ = written.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 Some(v.saturating_sub(n))
