@@ -165,25 +165,12 @@ fn client_socket(cli_socket: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/run/iot2mqtt-sv/control.sock"))
 }
 
-/// `LOG_LEVEL` as the platform spells it (DEBUG, INFO, WARNING, ERROR, CRITICAL).
-fn log_filter() -> tracing_subscriber::EnvFilter {
-    let level = match env("LOG_LEVEL")
-        .map(|l| l.trim().to_ascii_uppercase())
-        .as_deref()
-    {
-        Some("TRACE") => "trace",
-        Some("DEBUG") => "debug",
-        Some("WARNING" | "WARN") => "warn",
-        Some("ERROR" | "CRITICAL") => "error",
-        _ => "info",
-    };
-    tracing_subscriber::EnvFilter::new(level)
-}
-
 fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
+    // A plain level rather than an `EnvFilter`: parsing filter directives compiles regexes,
+    // which PID 1 would carry in its resident memory for nothing.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
+        .with_max_level(sv_bridge::log_level(env("LOG_LEVEL").as_deref()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
+use tracing_subscriber::filter::LevelFilter;
 
 use crate::codec::{DeviceSet, Op, Reply, Request, decode_reply, encode_request};
 use crate::settings::{Settings, default_socket_path};
@@ -27,14 +28,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Maps the platform's `LOG_LEVEL` names onto `tracing` levels.
-fn log_filter(level: Option<&str>) -> &'static str {
+/// Maps the platform's `LOG_LEVEL` names (DEBUG, INFO, WARNING, ERROR, CRITICAL; TRACE) onto
+/// `tracing` levels; anything else is INFO.
+pub fn log_level(level: Option<&str>) -> LevelFilter {
     match level.map(|l| l.trim().to_ascii_uppercase()).as_deref() {
-        Some("TRACE") => "trace",
-        Some("DEBUG") => "debug",
-        Some("WARNING" | "WARN") => "warn",
-        Some("ERROR" | "CRITICAL") => "error",
-        _ => "info",
+        Some("TRACE") => LevelFilter::TRACE,
+        Some("DEBUG") => LevelFilter::DEBUG,
+        Some("WARNING" | "WARN") => LevelFilter::WARN,
+        Some("ERROR" | "CRITICAL") => LevelFilter::ERROR,
+        _ => LevelFilter::INFO,
     }
 }
 
@@ -80,16 +82,18 @@ pub fn main_bridge(config_path: &Path) -> i32 {
         Ok((s, _)) => Some(s.log_level.clone()),
         Err(_) => std::env::var("LOG_LEVEL").ok(),
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(log_filter(level.as_deref()))
-            }),
-        )
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // The supervisor captures this through a pipe: colour codes would end up in its log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // `RUST_LOG` directives need an `EnvFilter`, which compiles regexes; a plain level does not,
+    // and keeps that code and memory out of the common case.
+    let _ = match tracing_subscriber::EnvFilter::try_from_env("RUST_LOG") {
+        Ok(filter) => builder.with_env_filter(filter).try_init(),
+        Err(_) => builder
+            .with_max_level(log_level(level.as_deref()))
+            .try_init(),
+    };
     let (settings, config) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -419,8 +423,8 @@ mod tests {
 
     #[test]
     fn log_levels_map() {
-        assert_eq!(log_filter(Some("WARNING")), "warn");
-        assert_eq!(log_filter(Some("critical")), "error");
-        assert_eq!(log_filter(None), "info");
+        assert_eq!(log_level(Some("WARNING")), LevelFilter::WARN);
+        assert_eq!(log_level(Some("critical")), LevelFilter::ERROR);
+        assert_eq!(log_level(None), LevelFilter::INFO);
     }
 }

@@ -77,8 +77,9 @@ pub struct LogLine {
     pub program: Arc<str>,
     /// The stream the line is tagged with (and written to).
     pub stream: Stream,
-    /// The text, without its newline, lossily decoded.
-    pub line: String,
+    /// The text, without its newline, lossily decoded. Shared: the ring, followers and the
+    /// writer hold the same text without copying it.
+    pub line: Arc<str>,
     /// A piece of an over-long line that continues in the next [`LogLine`].
     pub partial: bool,
 }
@@ -92,8 +93,10 @@ pub type LineHook = Arc<dyn Fn(&str) + Send + Sync>;
 const CHANNEL_BATCHES: usize = 16;
 /// Lines a follower may fall behind before it starts skipping.
 const FOLLOW_LINES: usize = 1024;
-/// Bytes read from a pipe at once (the default Linux pipe capacity).
+/// Bytes read from a pipe at once at most (the default Linux pipe capacity).
 const READ_BYTES: usize = 64 * 1024;
+/// A reader's first buffer; it doubles up to [`READ_BYTES`] while reads fill it.
+const READ_BYTES_MIN: usize = 4 * 1024;
 /// Buffer of each output stream of the writer.
 const WRITE_BUF: usize = 64 * 1024;
 
@@ -106,7 +109,9 @@ enum Msg {
 
 struct ProgramLog {
     ring: VecDeque<LogLine>,
-    follow: broadcast::Sender<LogLine>,
+    /// Created by the first follower and dropped once none is left: its 1024 slots cost
+    /// ~90 KB per program, which an unfollowed program (the normal case) should not pay.
+    follow: Option<broadcast::Sender<LogLine>>,
 }
 
 struct Inner {
@@ -236,6 +241,7 @@ impl LogHub {
             .entry(name)
             .or_insert_with(ProgramLog::new)
             .follow
+            .get_or_insert_with(|| broadcast::Sender::new(FOLLOW_LINES))
             .subscribe()
     }
 
@@ -278,7 +284,7 @@ impl ProgramLog {
     fn new() -> ProgramLog {
         ProgramLog {
             ring: VecDeque::new(),
-            follow: broadcast::Sender::new(FOLLOW_LINES),
+            follow: None,
         }
     }
 }
@@ -294,7 +300,9 @@ struct Reader {
 impl Reader {
     async fn run(self, mut pipe: tokio::net::unix::pipe::Receiver) {
         let max = self.inner.max_line_bytes;
-        let mut buf = vec![0u8; READ_BYTES];
+        // Starts small and doubles whenever a read fills it: a quiet program keeps a few KB,
+        // a chatty one reaches READ_BYTES (a whole default pipe buffer per system call).
+        let mut buf = vec![0u8; READ_BYTES_MIN];
         let mut pending: Vec<u8> = Vec::new();
         let mut batch: Vec<LogLine> = Vec::new();
         loop {
@@ -307,54 +315,60 @@ impl Reader {
                     break;
                 }
             };
+            if n == buf.len() && buf.len() < READ_BYTES {
+                buf.resize(buf.len() * 2, 0);
+            }
+            // One clock read per read: the lines of one read were all read at the same moment.
+            let ts = jiff::Timestamp::now();
             let mut chunk = &buf[..n];
-            while let Some(i) = chunk.iter().position(|&b| b == b'\n') {
-                pending.extend_from_slice(&chunk[..i]);
-                self.emit_line(&mut pending, &mut batch);
+            while let Some(i) = memchr::memchr(b'\n', chunk) {
+                if pending.is_empty() {
+                    // The common case: the whole line is in this read; cut it in place.
+                    self.emit_line(&chunk[..i], ts, &mut batch);
+                } else {
+                    pending.extend_from_slice(&chunk[..i]);
+                    self.emit_line(&pending, ts, &mut batch);
+                    pending.clear();
+                }
                 chunk = &chunk[i + 1..];
             }
             pending.extend_from_slice(chunk);
             // Bound memory for a program that never writes a newline.
             while pending.len() > max {
-                self.emit_piece(&mut pending, &mut batch);
+                let cut = piece_len(&pending, max);
+                self.emit(text(&pending[..cut]), true, ts, &mut batch);
+                pending.drain(..cut);
             }
             self.send(&mut batch).await;
         }
         if !pending.is_empty() {
-            self.emit_line(&mut pending, &mut batch);
+            self.emit_line(&pending, jiff::Timestamp::now(), &mut batch);
         }
         self.send(&mut batch).await;
         self.inner.readers.send_modify(|n| *n = n.saturating_sub(1));
     }
 
-    /// Emits `pending` as one complete line (split into pieces if too long) and clears it.
-    fn emit_line(&self, pending: &mut Vec<u8>, batch: &mut Vec<LogLine>) {
-        if pending.last() == Some(&b'\r') {
-            pending.pop();
+    /// Emits one complete line (without its newline), split into pieces if too long.
+    fn emit_line(&self, mut line: &[u8], ts: jiff::Timestamp, batch: &mut Vec<LogLine>) {
+        if let [head @ .., b'\r'] = line {
+            line = head;
         }
-        while pending.len() > self.inner.max_line_bytes {
-            self.emit_piece(pending, batch);
+        let max = self.inner.max_line_bytes;
+        while line.len() > max {
+            // The first `max_line_bytes` (or fewer, to end on a character boundary).
+            let cut = piece_len(line, max);
+            self.emit(text(&line[..cut]), true, ts, batch);
+            line = &line[cut..];
         }
-        let text = String::from_utf8_lossy(pending).into_owned();
-        pending.clear();
-        self.emit(text, false, batch);
+        self.emit(text(line), false, ts, batch);
     }
 
-    /// Emits the first `max_line_bytes` (or fewer, to end on a character boundary) of
-    /// `pending` as a partial line and removes them.
-    fn emit_piece(&self, pending: &mut Vec<u8>, batch: &mut Vec<LogLine>) {
-        let cut = piece_len(pending, self.inner.max_line_bytes);
-        let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
-        pending.drain(..cut);
-        self.emit(text, true, batch);
-    }
-
-    fn emit(&self, line: String, partial: bool, batch: &mut Vec<LogLine>) {
+    fn emit(&self, line: Arc<str>, partial: bool, ts: jiff::Timestamp, batch: &mut Vec<LogLine>) {
         if let Some(hook) = &self.on_line {
             hook(&line);
         }
         batch.push(LogLine {
-            ts: jiff::Timestamp::now(),
+            ts,
             program: self.program.clone(),
             stream: self.stream,
             line,
@@ -383,9 +397,13 @@ impl Reader {
                     p.ring.push_back(line.clone());
                 }
                 // No followers is the normal case: then nothing is cloned.
-                if p.follow.receiver_count() > 0 {
-                    for line in batch.iter() {
-                        let _ = p.follow.send(line.clone());
+                if let Some(follow) = &p.follow {
+                    if follow.receiver_count() == 0 {
+                        p.follow = None;
+                    } else {
+                        for line in batch.iter() {
+                            let _ = follow.send(line.clone());
+                        }
                     }
                 }
             }
@@ -393,6 +411,14 @@ impl Reader {
         // Waiting here is the backpressure: see the module doc. An error means the writer is
         // gone, and then there is nowhere left to write.
         let _ = self.inner.tx.send(Msg::Lines(std::mem::take(batch))).await;
+    }
+}
+
+/// Bytes as text: valid UTF-8 (nearly always) is copied as is; anything else is decoded lossily.
+fn text(bytes: &[u8]) -> Arc<str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Arc::from(s),
+        Err(_) => Arc::from(String::from_utf8_lossy(bytes)),
     }
 }
 

@@ -94,7 +94,7 @@ async fn write_json(w: &mut (impl AsyncWriteExt + Unpin), v: &serde_json::Value)
 }
 
 fn line_json(l: &LogLine) -> serde_json::Value {
-    serde_json::json!({"ts": l.ts.to_string(), "program": &*l.program, "stream": l.stream.name(), "line": l.line})
+    serde_json::json!({"ts": l.ts.to_string(), "program": &*l.program, "stream": l.stream.name(), "line": &*l.line})
 }
 
 async fn connection(stream: UnixStream, ctx: Context, mut stop: watch::Receiver<bool>) {

@@ -252,9 +252,17 @@ async fn ring_keeps_the_last_lines_and_followers_see_new_ones() {
     );
     finish(&hub, child).await;
 
-    let tail: Vec<String> = hub.tail("f", 100).into_iter().map(|l| l.line).collect();
+    let tail: Vec<String> = hub
+        .tail("f", 100)
+        .into_iter()
+        .map(|l| l.line.to_string())
+        .collect();
     assert_eq!(tail, ["line6", "line7", "line8", "line9", "line10"]);
-    let last2: Vec<String> = hub.tail("f", 2).into_iter().map(|l| l.line).collect();
+    let last2: Vec<String> = hub
+        .tail("f", 2)
+        .into_iter()
+        .map(|l| l.line.to_string())
+        .collect();
     assert_eq!(last2, ["line9", "line10"]);
     assert!(hub.tail("nobody", 10).is_empty());
 
@@ -263,10 +271,34 @@ async fn ring_keeps_the_last_lines_and_followers_see_new_ones() {
             .await
             .expect("follower got a line in time")
             .expect("follower not lagging");
-        assert_eq!(l.line, format!("line{i}"));
+        assert_eq!(&*l.line, format!("line{i}"));
         assert_eq!(&*l.program, "f");
     }
     assert_eq!(seen.lock().unwrap().len(), 10, "on_line saw every line");
+}
+
+/// Followers come and go: the follow channel is dropped with the last follower and made again
+/// for the next one, which must see the lines written after it started following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_can_be_followed_again_after_every_follower_left() {
+    let (hub, _, _) = hub(LogFormat::Text, 10, 1024);
+    drop(hub.follow("f"));
+    let o = hub.pipe("f", Stream::Stdout, None).unwrap();
+    finish(&hub, spawn(&["sh", "-c", "echo unseen"], o, None)).await;
+    let mut again = hub.follow("f");
+    let o = hub.pipe("f", Stream::Stdout, None).unwrap();
+    finish(&hub, spawn(&["sh", "-c", "echo seen"], o, None)).await;
+    let l = tokio::time::timeout(WAIT, again.recv())
+        .await
+        .expect("follower got a line in time")
+        .expect("follower not lagging");
+    assert_eq!(&*l.line, "seen");
+    let tail: Vec<String> = hub
+        .tail("f", 10)
+        .iter()
+        .map(|l| l.line.to_string())
+        .collect();
+    assert_eq!(tail, ["unseen", "seen"]);
 }
 
 /// A sink that blocks every write until the gate opens: a stalled `docker logs` reader.
@@ -375,7 +407,7 @@ async fn a_closed_stdout_drops_output_but_keeps_the_pipeline_working() {
     assert_eq!(err.text(), "c | done\n", "stderr still written");
     let tail = hub.tail("c", 2);
     assert!(
-        tail.iter().any(|l| l.line == "out1999"),
+        tail.iter().any(|l| &*l.line == "out1999"),
         "ring still fed: {tail:?}"
     );
 }
