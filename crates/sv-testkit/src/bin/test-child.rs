@@ -123,7 +123,10 @@ fn append_line(path: &PathBuf, line: &str) {
         .append(true)
         .open(path)
         .expect("opening log");
-    writeln!(f, "{line}").expect("appending");
+    // One write(2) per line: `writeln!` on a File writes the text and the newline separately,
+    // and children appending to the same file at once could then interleave them.
+    f.write_all(format!("{line}\n").as_bytes())
+        .expect("appending");
 }
 
 fn main() {
