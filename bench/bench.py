@@ -942,7 +942,7 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
         start_bridge_program_in(ctx, iot, broker, procs, d, qos, argv)
         marks.wait("the publisher to connect", lambda ms: any(m.kind == "connected" for m in ms), 15)
     sub = procs.start(
-        broker.sub_args(STATE_TOPIC if kind == "iot2mqtt-sv" else "bench/direct/d1/state", qos, "%l"),
+        broker.sub_args(STATE_TOPIC, qos, "%l"),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -954,7 +954,7 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
             with open(fifo, "w") as f:
                 f.write("1\n")
         else:
-            subprocess.run(broker.pub_args("bench/direct/d1/state", qos) + ["-m", "warm"], check=False)
+            subprocess.run(broker.pub_args(STATE_TOPIC, qos) + ["-m", "warm"], check=False)
         try:
             marks.wait("the warm-up message", lambda ms: any(m.kind == "warm" for m in ms), 0.2)
             break
@@ -971,7 +971,7 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
         with open(lines, "wb") as f:
             f.write(direct_payload(ctx.args.payload) * n)
         procs.start(
-            broker.pub_args("bench/direct/d1/state", qos) + ["-l"],
+            broker.pub_args(STATE_TOPIC, qos) + ["-l"],
             stdin=open(lines, "rb"),
             stdout=subprocess.DEVNULL,
             stderr=open(d / "pub.err", "wb"),
@@ -1041,13 +1041,12 @@ def command_run(ctx, iot, broker, procs, kind) -> list[int]:
 
         start_bridge_program_in(ctx, iot, broker, procs, d, 1, argv)
         marks.wait("the program's hello to be acknowledged", lambda ms: any(m.kind == "hello" for m in ms), 15)
-        topic = CMD_TOPIC
     else:
-        topic = "bench/direct/d1/cmd"
-        sub = procs.start(broker.sub_args(topic, 1, "%p"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        sub = procs.start(broker.sub_args(CMD_TOPIC, 1, "%p"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         procs.start([ctx.helper, "latency", out], stdin=sub.stdout)
         sub.stdout.close()
-    pub = procs.start(broker.pub_args(topic, 1) + ["-l"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(d / "pub.err", "wb"))
+    # The same topic either way: the broker's work and the bytes on the wire are the same.
+    pub = procs.start(broker.pub_args(CMD_TOPIC, 1) + ["-l"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=open(d / "pub.err", "wb"))
     w = pub.stdin
 
     def send(seq):

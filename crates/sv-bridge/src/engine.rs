@@ -514,7 +514,9 @@ impl Engine {
     }
 
     fn publish_json(&mut self, topic: String, v: &Value, qos: u8, retain: bool) -> bool {
-        self.publish(topic, v.to_string().into_bytes(), qos, retain)
+        // Serialising a `Value` cannot fail (its map keys are strings).
+        let payload = serde_json::to_vec(v).unwrap_or_default();
+        self.publish(topic, payload, qos, retain)
     }
 
     fn desired_status(&self) -> bool {
@@ -862,10 +864,16 @@ impl Engine {
                 for (k, v) in &state {
                     full.insert(k.clone(), v.clone());
                 }
-                let envelope = json!({"timestamp": now, "device_id": device_id, "state": full});
+                // Serialised straight from the cached state: the hot path of a busy device
+                // makes no copy of it.
+                let envelope = serde_json::to_vec(&StateEnvelope {
+                    device_id: &device_id,
+                    state: full,
+                    timestamp: &now,
+                });
                 let online = full.get("online").and_then(Value::as_bool);
                 let topic = self.topics.device(&device_id, "state");
-                if !self.publish_json(topic, &envelope, qos, self.s.retain) {
+                if !envelope.is_ok_and(|e| self.publish(topic, e, qos, self.s.retain)) {
                     return Err((ErrorCode::BadRequest, "state too large to publish".into()));
                 }
                 if self.s.property_topics {
@@ -1386,6 +1394,15 @@ fn parse_object(payload: &[u8]) -> Option<Map<String, Value>> {
         Ok(Value::Object(m)) => Some(m),
         _ => None,
     }
+}
+
+/// A device's state message, as `json!({"timestamp", "device_id", "state"})` would write it
+/// (keys in sorted order, as serde_json's map keeps them) but borrowing the state.
+#[derive(serde::Serialize)]
+struct StateEnvelope<'a> {
+    device_id: &'a str,
+    state: &'a Map<String, Value>,
+    timestamp: &'a str,
 }
 
 /// Drives one rumqttc connection until its first error; the engine decides about reconnecting.

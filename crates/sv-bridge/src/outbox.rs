@@ -54,6 +54,9 @@ pub struct PushOutcome {
 #[derive(Debug)]
 pub struct Outbox {
     entries: BTreeMap<u64, Entry>,
+    /// No entry below this id is unsent: where [`Outbox::next_unsent`] starts looking, so that
+    /// a window of sent, unacknowledged messages is not rescanned for every message.
+    unsent_from: u64,
     unsent_retained: HashMap<String, u64>,
     next_id: u64,
     bytes: usize,
@@ -67,6 +70,7 @@ impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Outbox {
         Outbox {
             entries: BTreeMap::new(),
+            unsent_from: 0,
             unsent_retained: HashMap::new(),
             next_id: 1,
             bytes: 0,
@@ -147,18 +151,29 @@ impl Outbox {
     /// The oldest message not yet handed to the connection.
     pub fn next_unsent(&self) -> Option<(u64, &Message)> {
         self.entries
-            .iter()
+            .range(self.unsent_from..)
             .find(|(_, e)| !e.sent)
             .map(|(i, e)| (*i, &e.msg))
     }
 
     /// Records that `id` was handed to the connection (it can no longer be coalesced).
     pub fn mark_sent(&mut self, id: u64) {
-        if let Some(e) = self.entries.get_mut(&id) {
-            e.sent = true;
-            if e.msg.retain && self.unsent_retained.get(&e.msg.topic) == Some(&id) {
-                self.unsent_retained.remove(&e.msg.topic);
-            }
+        let Some(e) = self.entries.get_mut(&id) else {
+            return;
+        };
+        e.sent = true;
+        if e.msg.retain && self.unsent_retained.get(&e.msg.topic) == Some(&id) {
+            self.unsent_retained.remove(&e.msg.topic);
+        }
+        // Usually `id` is the first unsent entry (from `next_unsent`): then the scan for the next
+        // one can start after it.
+        if id >= self.unsent_from
+            && self
+                .entries
+                .range(self.unsent_from..id)
+                .all(|(_, e)| e.sent)
+        {
+            self.unsent_from = id + 1;
         }
     }
 
@@ -175,6 +190,7 @@ impl Outbox {
     /// The connection was lost: everything unacknowledged is unsent again, and of several
     /// retained messages on one topic only the newest stays.
     pub fn requeue_all(&mut self) {
+        self.unsent_from = 0;
         let mut newest: HashMap<String, u64> = HashMap::new();
         let mut superseded = Vec::new();
         for (id, e) in self.entries.iter_mut() {
