@@ -248,3 +248,82 @@ fn a_closed_stdout_neither_blocks_programs_nor_kills_the_supervisor() {
     sv.sigterm();
     assert_eq!(sv.wait_exit(), 0, "stderr:\n{}", sv.stderr());
 }
+
+/// With the supervisor's stdout and stderr one pipe (`2>&1`, a terminal), its own messages —
+/// here a crash-looping program's `exited` lines, written from the main thread — never land
+/// inside a program's line, although program output is written in blocks larger than the
+/// pipe's atomic write size (the writer takes turns with them).
+#[test]
+fn with_stdout_and_stderr_one_pipe_supervisor_messages_never_split_program_lines() {
+    const N: usize = 20_000;
+    let dir = Sv::new_dir();
+    let config = format!(
+        "[supervisor]\ncontrol_socket = {sock}\n\n\
+         [program.spam]\ncommand = {spam}\nstartsecs = 0\n\n\
+         [program.flap]\ncommand = {flap}\nstartsecs = 0\ncritical = false\n\
+         [program.flap.backoff]\ninitial = \"1ms\"\nmax = \"2ms\"\njitter = 0.0\n",
+        sock = toml_str(&dir.path().join("ctl.sock").display().to_string()),
+        spam = child_cmd(&["--spam", &N.to_string(), "--spam-len", "1000"]),
+        flap = child_cmd(&["--exit", "3", "--exit-after-ms", "0"]),
+    );
+    let path = dir.path().join("sv.toml");
+    std::fs::write(&path, config).expect("writing the config");
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    // The smallest pipe: the supervisor's large writes then block part-way again and again,
+    // which is when another writer's message could slip in between their parts.
+    nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096))
+        .expect("shrinking the pipe");
+    let mut sv = Command::new(bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone().expect("dup"))
+        .stderr(writer)
+        .spawn()
+        .expect("starting iot2mqtt-sv");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = out.clone();
+    let drain = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut reader = reader;
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let last = format!("spam | {:010} ", N - 1);
+    wait_for("the last spam line", WAIT * 3, || {
+        String::from_utf8_lossy(&out.lock().unwrap())
+            .contains(&last)
+            .then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(sv.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    sv.wait().expect("waiting for iot2mqtt-sv");
+    drain.join().expect("reader thread");
+
+    let out = String::from_utf8(out.lock().unwrap().clone()).expect("UTF-8 output");
+    let body = "x".repeat(1000 - 12);
+    let mut expected = 0usize;
+    let mut own = 0usize;
+    for line in out.lines() {
+        match line.strip_prefix("spam | ") {
+            Some(rest) => {
+                assert_eq!(rest, format!("{expected:010} {body}"), "line {expected}");
+                expected += 1;
+            }
+            None => {
+                assert!(!line.contains("spam | "), "a line was split: {line:.200}");
+                own += usize::from(line.contains("program=flap"));
+            }
+        }
+    }
+    assert_eq!(expected, N, "every spam line arrived");
+    assert!(own > 0, "the supervisor's own messages share the pipe");
+}

@@ -2,11 +2,12 @@
 //! line at a time, plus a bounded in-memory ring of recent lines per program for `logs`.
 //!
 //! Shape: [`LogHub::pipe`] makes a pipe per captured stream and spawns a reader task on its read
-//! end. Readers cut the bytes into lines, record them in the program's ring buffer and follower
-//! channel, and send the lines of each read as one batch through one bounded channel to a single
-//! writer thread that owns the supervisor's stdout and stderr (a batch per read, not a message
-//! per line, keeps the cost per line to formatting and a buffered copy). One writer means lines
-//! from different programs never interleave mid-line.
+//! end. Readers cut the bytes of each read into lines *in place*: a [`Batch`] holds the read's
+//! text once and each line as a range of it, so a line costs no allocation of its own. The batch
+//! is shared (one `Arc`) by the program's ring buffer and the single writer thread that owns the
+//! supervisor's stdout and stderr, reached through one bounded channel. One writer means lines
+//! from different programs never interleave mid-line. [`LogLine`]s (owned copies) are made only
+//! for `logs` and followers.
 //!
 //! Output formats ([`LogFormat`]):
 //! - text: `{program} | {line}`; lines the program wrote on stderr go to the supervisor's
@@ -31,7 +32,10 @@
 //!   slows the pipeline;
 //! - the writer never panics: when a write fails (EPIPE after the reader of our stdout went
 //!   away, or any other error) it logs one warning and drops that stream's output from then on;
-//! - blocking writes happen on a dedicated thread, never on the async executor.
+//! - blocking writes happen on a dedicated thread, never on the async executor;
+//! - no line is split by another writer: the supervisor's own messages go to stderr from other
+//!   threads, so when stdout and stderr are one file the writer takes stderr's lock around its
+//!   writes (see `write_loop`).
 //!
 //! The caller of [`LogHub::pipe`] must close its copy of the returned write end once the child
 //! has it (after spawning), or the reader never sees EOF.
@@ -103,12 +107,112 @@ const WRITE_BUF: usize = 64 * 1024;
 enum Msg {
     /// The lines of one read from one pipe, in order: one channel message and one writer
     /// wake-up per read instead of per line.
-    Lines(Vec<LogLine>),
+    Lines(Arc<Batch>),
     Flush(oneshot::Sender<()>),
 }
 
+/// The lines of one read of one pipe: their text, once, and where each line is in it.
+struct Batch {
+    /// When the read returned (every line of it was read at that moment).
+    ts: jiff::Timestamp,
+    program: Arc<str>,
+    stream: Stream,
+    /// The lines' text back to back, without newlines (and lossily decoded where not UTF-8).
+    text: String,
+    /// Each line (or piece of an over-long line) as a byte range of `text`, on character
+    /// boundaries, and whether it is a partial piece.
+    lines: Vec<(usize, usize, bool)>,
+}
+
+impl Batch {
+    fn new(ts: jiff::Timestamp, program: Arc<str>, stream: Stream, capacity: usize) -> Batch {
+        Batch {
+            ts,
+            program,
+            stream,
+            text: String::with_capacity(capacity),
+            lines: Vec::new(),
+        }
+    }
+
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, bool)> + ExactSizeIterator {
+        self.lines
+            .iter()
+            .map(|&(a, b, partial)| (&self.text[a..b], partial))
+    }
+
+    fn owned(&self, line: &str, partial: bool) -> LogLine {
+        LogLine {
+            ts: self.ts,
+            program: self.program.clone(),
+            stream: self.stream,
+            line: Arc::from(line),
+            partial,
+        }
+    }
+
+    /// Appends one piece of text (decoded lossily if it is not UTF-8).
+    fn push_piece(&mut self, bytes: &[u8], partial: bool) {
+        let start = self.text.len();
+        match std::str::from_utf8(bytes) {
+            Ok(t) => self.text.push_str(t),
+            Err(_) => self.text.push_str(&String::from_utf8_lossy(bytes)),
+        }
+        self.lines.push((start, self.text.len(), partial));
+    }
+
+    /// Appends one complete line (without its newline), split into pieces if too long.
+    fn push_line(&mut self, mut line: &[u8], max: usize) {
+        if let [head @ .., b'\r'] = line {
+            line = head;
+        }
+        while line.len() > max {
+            let cut = piece_len(line, max);
+            self.push_piece(&line[..cut], true);
+            line = &line[cut..];
+        }
+        self.push_piece(line, false);
+    }
+
+    /// Appends complete lines (`bytes` ends with a newline). Valid UTF-8, the normal case, is
+    /// copied in one go and cut where the newlines are; anything else goes line by line.
+    fn push_lines(&mut self, bytes: &[u8], max: usize) {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            for line in bytes[..bytes.len().saturating_sub(1)].split(|&b| b == b'\n') {
+                self.push_line(line, max);
+            }
+            return;
+        };
+        let mut pos = self.text.len();
+        self.text.push_str(text);
+        while let Some(i) = memchr::memchr(b'\n', &self.text.as_bytes()[pos..]) {
+            let newline = pos + i;
+            let mut end = newline;
+            if end > pos && self.text.as_bytes()[end - 1] == b'\r' {
+                end -= 1;
+            }
+            while end - pos > max {
+                let mut cut = pos + piece_len(&self.text.as_bytes()[pos..end], max);
+                // Only with max_line_bytes < 4 can a cut fall inside a character: then the piece
+                // takes the whole character.
+                while !self.text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                self.lines.push((pos, cut, true));
+                pos = cut;
+            }
+            self.lines.push((pos, end, false));
+            pos = newline + 1;
+        }
+    }
+}
+
 struct ProgramLog {
-    ring: VecDeque<LogLine>,
+    /// Whole batches, the oldest first, holding at least the last `ring_lines` lines (and at
+    /// most one batch more than needed).
+    ring: VecDeque<Arc<Batch>>,
+    /// Lines in `ring`.
+    ring_count: usize,
     /// Created by the first follower and dropped once none is left: its 1024 slots cost
     /// ~90 KB per program, which an unfollowed program (the normal case) should not pay.
     follow: Option<broadcast::Sender<LogLine>>,
@@ -141,12 +245,12 @@ impl std::fmt::Debug for LogHub {
 impl LogHub {
     /// A hub writing to the supervisor's own stdout and stderr. Starts the writer thread.
     pub fn new(format: LogFormat, ring_lines: usize, max_line_bytes: usize) -> LogHub {
-        Self::with_writers(
+        Self::build(
             format,
             ring_lines,
             max_line_bytes,
-            Box::new(io::stdout()),
-            Box::new(io::stderr()),
+            [Box::new(io::stdout()), Box::new(io::stderr())],
+            stdout_is_stderr(),
         )
     }
 
@@ -158,13 +262,23 @@ impl LogHub {
         stdout: Box<dyn Write + Send>,
         stderr: Box<dyn Write + Send>,
     ) -> LogHub {
+        Self::build(format, ring_lines, max_line_bytes, [stdout, stderr], false)
+    }
+
+    fn build(
+        format: LogFormat,
+        ring_lines: usize,
+        max_line_bytes: usize,
+        [stdout, stderr]: [Box<dyn Write + Send>; 2],
+        one_file: bool,
+    ) -> LogHub {
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
         let sinks = [Sink::new(stdout, "stdout"), Sink::new(stderr, "stderr")];
         // A dedicated thread rather than spawn_blocking: it lives as long as the hub and would
         // otherwise pin a blocking-pool thread; a plain thread also needs no runtime to exist.
         let spawned = std::thread::Builder::new()
             .name("sv-log-writer".into())
-            .spawn(move || write_loop(format, rx, sinks));
+            .spawn(move || write_loop(format, rx, sinks, one_file));
         if let Err(e) = spawned {
             // Without a writer the channel is closed: readers then drop lines instead of blocking
             // programs forever, and the ring buffers still work.
@@ -218,13 +332,19 @@ impl LogHub {
             .programs
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        programs.get(program).map_or_else(Vec::new, |p| {
-            p.ring
-                .iter()
-                .skip(p.ring.len().saturating_sub(n))
-                .cloned()
-                .collect()
-        })
+        let Some(p) = programs.get(program) else {
+            return Vec::new();
+        };
+        let n = n.min(p.ring_count).min(self.inner.ring_lines);
+        let mut tail: Vec<LogLine> = p
+            .ring
+            .iter()
+            .rev()
+            .flat_map(|b| b.iter().rev().map(move |(l, partial)| b.owned(l, partial)))
+            .take(n)
+            .collect();
+        tail.reverse();
+        tail
     }
 
     /// Lines of `program` from now on (for `logs -f`). A receiver that falls more than
@@ -284,6 +404,7 @@ impl ProgramLog {
     fn new() -> ProgramLog {
         ProgramLog {
             ring: VecDeque::new(),
+            ring_count: 0,
             follow: None,
         }
     }
@@ -304,7 +425,6 @@ impl Reader {
         // a chatty one reaches READ_BYTES (a whole default pipe buffer per system call).
         let mut buf = vec![0u8; READ_BYTES_MIN];
         let mut pending: Vec<u8> = Vec::new();
-        let mut batch: Vec<LogLine> = Vec::new();
         loop {
             let n = match pipe.read(&mut buf).await {
                 Ok(0) => break,
@@ -315,72 +435,59 @@ impl Reader {
                     break;
                 }
             };
-            if n == buf.len() && buf.len() < READ_BYTES {
-                buf.resize(buf.len() * 2, 0);
-            }
-            // One clock read per read: the lines of one read were all read at the same moment.
-            let ts = jiff::Timestamp::now();
-            let mut chunk = &buf[..n];
-            while let Some(i) = memchr::memchr(b'\n', chunk) {
-                if pending.is_empty() {
-                    // The common case: the whole line is in this read; cut it in place.
-                    self.emit_line(&chunk[..i], ts, &mut batch);
-                } else {
-                    pending.extend_from_slice(&chunk[..i]);
-                    self.emit_line(&pending, ts, &mut batch);
-                    pending.clear();
+            let mut batch =
+                Batch::new(jiff::Timestamp::now(), self.program.clone(), self.stream, n);
+            let data = &buf[..n];
+            let rest = match memchr::memrchr(b'\n', data) {
+                None => data,
+                Some(last) => {
+                    let mut complete = &data[..=last];
+                    if !pending.is_empty() {
+                        // The line that began in an earlier read ends here.
+                        let i = memchr::memchr(b'\n', complete).unwrap_or(last);
+                        pending.extend_from_slice(&complete[..i]);
+                        batch.push_line(&pending, max);
+                        pending.clear();
+                        complete = &complete[i + 1..];
+                    }
+                    batch.push_lines(complete, max);
+                    &data[last + 1..]
                 }
-                chunk = &chunk[i + 1..];
-            }
-            pending.extend_from_slice(chunk);
+            };
+            pending.extend_from_slice(rest);
             // Bound memory for a program that never writes a newline.
             while pending.len() > max {
                 let cut = piece_len(&pending, max);
-                self.emit(text(&pending[..cut]), true, ts, &mut batch);
+                batch.push_piece(&pending[..cut], true);
                 pending.drain(..cut);
             }
-            self.send(&mut batch).await;
+            if n == buf.len() && buf.len() < READ_BYTES {
+                buf.resize(buf.len() * 2, 0);
+            }
+            self.send(batch).await;
         }
         if !pending.is_empty() {
-            self.emit_line(&pending, jiff::Timestamp::now(), &mut batch);
+            let mut batch = Batch::new(
+                jiff::Timestamp::now(),
+                self.program.clone(),
+                self.stream,
+                pending.len(),
+            );
+            batch.push_line(&pending, max);
+            self.send(batch).await;
         }
-        self.send(&mut batch).await;
         self.inner.readers.send_modify(|n| *n = n.saturating_sub(1));
     }
 
-    /// Emits one complete line (without its newline), split into pieces if too long.
-    fn emit_line(&self, mut line: &[u8], ts: jiff::Timestamp, batch: &mut Vec<LogLine>) {
-        if let [head @ .., b'\r'] = line {
-            line = head;
-        }
-        let max = self.inner.max_line_bytes;
-        while line.len() > max {
-            // The first `max_line_bytes` (or fewer, to end on a character boundary).
-            let cut = piece_len(line, max);
-            self.emit(text(&line[..cut]), true, ts, batch);
-            line = &line[cut..];
-        }
-        self.emit(text(line), false, ts, batch);
-    }
-
-    fn emit(&self, line: Arc<str>, partial: bool, ts: jiff::Timestamp, batch: &mut Vec<LogLine>) {
-        if let Some(hook) = &self.on_line {
-            hook(&line);
-        }
-        batch.push(LogLine {
-            ts,
-            program: self.program.clone(),
-            stream: self.stream,
-            line,
-            partial,
-        });
-    }
-
     /// Records a read's lines in the ring and for followers, then hands them to the writer.
-    async fn send(&self, batch: &mut Vec<LogLine>) {
-        if batch.is_empty() {
+    async fn send(&self, batch: Batch) {
+        if batch.lines.is_empty() {
             return;
         }
+        if let Some(hook) = &self.on_line {
+            batch.iter().for_each(|(line, _)| hook(line));
+        }
+        let batch = Arc::new(batch);
         {
             let mut programs = self
                 .inner
@@ -388,21 +495,22 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             if let Some(p) = programs.get_mut(&self.program) {
-                let ring = self.inner.ring_lines;
-                // Only the last `ring` lines of a large read can stay in the ring.
-                for line in &batch[batch.len().saturating_sub(ring)..] {
-                    if p.ring.len() >= ring {
-                        p.ring.pop_front();
-                    }
-                    p.ring.push_back(line.clone());
+                p.ring_count += batch.lines.len();
+                p.ring.push_back(batch.clone());
+                // Drop the oldest batches that the newer ones make unnecessary.
+                while let Some(front) = p.ring.front()
+                    && p.ring_count - front.lines.len() >= self.inner.ring_lines
+                {
+                    p.ring_count -= front.lines.len();
+                    p.ring.pop_front();
                 }
-                // No followers is the normal case: then nothing is cloned.
+                // No followers is the normal case: then nothing is copied.
                 if let Some(follow) = &p.follow {
                     if follow.receiver_count() == 0 {
                         p.follow = None;
                     } else {
-                        for line in batch.iter() {
-                            let _ = follow.send(line.clone());
+                        for (line, partial) in batch.iter() {
+                            let _ = follow.send(batch.owned(line, partial));
                         }
                     }
                 }
@@ -410,15 +518,7 @@ impl Reader {
         }
         // Waiting here is the backpressure: see the module doc. An error means the writer is
         // gone, and then there is nowhere left to write.
-        let _ = self.inner.tx.send(Msg::Lines(std::mem::take(batch))).await;
-    }
-}
-
-/// Bytes as text: valid UTF-8 (nearly always) is copied as is; anything else is decoded lossily.
-fn text(bytes: &[u8]) -> Arc<str> {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => Arc::from(s),
-        Err(_) => Arc::from(String::from_utf8_lossy(bytes)),
+        let _ = self.inner.tx.send(Msg::Lines(batch)).await;
     }
 }
 
@@ -477,9 +577,19 @@ impl Sink {
     }
 }
 
+/// What the writer formats: one line of a batch, borrowed.
+struct LineRef<'a> {
+    /// RFC 3339, for the JSON format only.
+    ts: &'a str,
+    program: &'a str,
+    stream: Stream,
+    line: &'a str,
+    partial: bool,
+}
+
 #[derive(serde::Serialize)]
 struct JsonLine<'a> {
-    ts: String,
+    ts: &'a str,
     program: &'a str,
     stream: &'static str,
     line: &'a str,
@@ -488,7 +598,7 @@ struct JsonLine<'a> {
 }
 
 /// Appends the formatted line (with its newline) to `buf`.
-fn format_line(format: LogFormat, l: &LogLine, buf: &mut Vec<u8>) {
+fn format_line(format: LogFormat, l: &LineRef<'_>, buf: &mut Vec<u8>) {
     match format {
         LogFormat::Text => {
             buf.extend_from_slice(l.program.as_bytes());
@@ -500,10 +610,10 @@ fn format_line(format: LogFormat, l: &LogLine, buf: &mut Vec<u8>) {
         }
         LogFormat::Json => {
             let obj = JsonLine {
-                ts: l.ts.to_string(),
-                program: &l.program,
+                ts: l.ts,
+                program: l.program,
                 stream: l.stream.name(),
-                line: &l.line,
+                line: l.line,
                 partial: l.partial,
             };
             // Serialising strings and a bool into a Vec cannot fail.
@@ -515,14 +625,29 @@ fn format_line(format: LogFormat, l: &LogLine, buf: &mut Vec<u8>) {
 
 /// The writer thread: formats and writes lines in arrival order, flushing whenever it has
 /// nothing more to do so lines appear promptly without a syscall per line under load.
-fn write_loop(format: LogFormat, mut rx: mpsc::Receiver<Msg>, mut sinks: [Sink; 2]) {
+///
+/// `one_file`: the supervisor's stdout and stderr are the same pipe or file (`2>&1`, a
+/// terminal). Then the supervisor's own messages, which go straight to stderr from the main
+/// thread, and this thread's writes, which are larger than the pipe's atomic size, could
+/// interleave mid-line; so this thread holds the process's stderr lock (which every write to
+/// `std::io::stderr`, `tracing` included, takes) while it writes. When the two differ, nothing
+/// is shared and no lock is taken: a stalled stdout then never stalls the supervisor's logging.
+fn write_loop(
+    format: LogFormat,
+    mut rx: mpsc::Receiver<Msg>,
+    mut sinks: [Sink; 2],
+    one_file: bool,
+) {
     let mut last: Option<usize> = None;
     let mut buf = Vec::with_capacity(1024);
+    let turn = || one_file.then(|| io::stderr().lock());
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(mpsc::error::TryRecvError::Empty) => {
+                let guard = turn();
                 sinks.iter_mut().for_each(Sink::flush);
+                drop(guard);
                 match rx.blocking_recv() {
                     Some(m) => m,
                     None => break,
@@ -530,23 +655,39 @@ fn write_loop(format: LogFormat, mut rx: mpsc::Receiver<Msg>, mut sinks: [Sink; 
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        let _guard = turn();
         match msg {
-            Msg::Lines(lines) => {
-                for l in &lines {
-                    let idx = match l.stream {
-                        Stream::Stdout => 0,
-                        Stream::Stderr => 1,
-                    };
-                    // Keep stdout and stderr lines in order relative to each other when both
-                    // go to the same terminal or log collector.
-                    if let Some(prev) = last.filter(|&p| p != idx) {
-                        sinks[prev].flush();
-                    }
-                    last = Some(idx);
-                    buf.clear();
-                    format_line(format, l, &mut buf);
-                    sinks[idx].write(&buf);
+            Msg::Lines(batch) => {
+                let idx = match batch.stream {
+                    Stream::Stdout => 0,
+                    Stream::Stderr => 1,
+                };
+                // Keep stdout and stderr lines in order relative to each other when both go to
+                // the same terminal or log collector.
+                if let Some(prev) = last.filter(|&p| p != idx) {
+                    sinks[prev].flush();
                 }
+                last = Some(idx);
+                // JSON stamps every line of the batch with the same time: format it once.
+                let ts = (format == LogFormat::Json).then(|| batch.ts.to_string());
+                buf.clear();
+                for (line, partial) in batch.iter() {
+                    let l = LineRef {
+                        ts: ts.as_deref().unwrap_or_default(),
+                        program: &batch.program,
+                        stream: batch.stream,
+                        line,
+                        partial,
+                    };
+                    format_line(format, &l, &mut buf);
+                    // Formatted lines are gathered into `buf` and written in blocks, not one
+                    // by one, to save a copy call per line.
+                    if buf.len() >= WRITE_BUF / 2 {
+                        sinks[idx].write(&buf);
+                        buf.clear();
+                    }
+                }
+                sinks[idx].write(&buf);
             }
             Msg::Flush(done) => {
                 sinks.iter_mut().for_each(Sink::flush);
@@ -554,7 +695,16 @@ fn write_loop(format: LogFormat, mut rx: mpsc::Receiver<Msg>, mut sinks: [Sink; 
             }
         }
     }
+    let _guard = turn();
     sinks.iter_mut().for_each(Sink::flush);
+}
+
+/// Whether stdout and stderr are the same file (same device and inode).
+fn stdout_is_stderr() -> bool {
+    use std::os::fd::AsFd;
+    let id = |fd| nix::sys::stat::fstat(fd).map(|st| (st.st_dev, st.st_ino));
+    let (out, err) = (io::stdout(), io::stderr());
+    matches!((id(out.as_fd()), id(err.as_fd())), (Ok(a), Ok(b)) if a == b)
 }
 
 #[cfg(test)]
@@ -579,13 +729,64 @@ mod tests {
         assert_eq!(piece_len(&b, 1), 1);
     }
 
+    fn lines_of(b: &Batch) -> Vec<(String, bool)> {
+        b.iter().map(|(l, p)| (l.to_owned(), p)).collect()
+    }
+
+    fn batch() -> Batch {
+        Batch::new(
+            jiff::Timestamp::UNIX_EPOCH,
+            Arc::from("p"),
+            Stream::Stdout,
+            0,
+        )
+    }
+
+    #[test]
+    fn lines_are_cut_in_place_with_cr_removed_and_long_ones_in_pieces() {
+        let mut b = batch();
+        b.push_lines(b"one\r\n\ntwo-is-long\n", 4);
+        let want = [
+            ("one", false),
+            ("", false),
+            ("two-", true),
+            ("is-l", true),
+            ("ong", false),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(l, p)| (l.to_string(), *p)).collect();
+        assert_eq!(lines_of(&b), want);
+    }
+
+    #[test]
+    fn pieces_never_cut_a_character_even_below_four_bytes() {
+        let mut b = batch();
+        b.push_lines("a€b\n".as_bytes(), 2);
+        assert_eq!(
+            lines_of(&b),
+            [
+                ("a".to_string(), true),
+                ("€".to_string(), true),
+                ("b".to_string(), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_lines_are_decoded_one_by_one() {
+        let mut b = batch();
+        b.push_lines(b"ok\n\xffbad\r\nend\n", 100);
+        let got: Vec<String> = lines_of(&b).into_iter().map(|(l, _)| l).collect();
+        assert_eq!(got, ["ok", "\u{fffd}bad", "end"]);
+    }
+
     #[test]
     fn text_and_json_shapes() {
-        let l = LogLine {
-            ts: jiff::Timestamp::UNIX_EPOCH,
-            program: Arc::from("web"),
+        let ts = jiff::Timestamp::UNIX_EPOCH.to_string();
+        let l = LineRef {
+            ts: &ts,
+            program: "web",
             stream: Stream::Stderr,
-            line: "a \"b\"".into(),
+            line: "a \"b\"",
             partial: true,
         };
         let mut buf = Vec::new();
