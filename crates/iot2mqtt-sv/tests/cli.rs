@@ -243,15 +243,23 @@ fn start_of_a_program_that_cannot_start_fails_with_its_reason() {
 fn signal_reaches_the_program() {
     let dir = Sv::new_dir();
     let log = dir.path().join("signals.txt");
+    let pidf = dir.path().join("hup.pid");
     let config = format!(
         "[program.hup]\ncommand = {}\nstartsecs = 0\n\n\
          [program.idle]\ncommand = {}\nautostart = false\n",
-        child_cmd(&["--signal-log", &log.display().to_string()]),
+        child_cmd(&[
+            "--signal-log",
+            &log.display().to_string(),
+            "--pid-file",
+            &pidf.display().to_string()
+        ]),
         child_cmd(&[])
     );
     let sv = Sv::spawn_in(dir, &config, Default::default());
     sv.wait_socket();
     sv.wait_state("hup", "RUNNING");
+    // RUNNING comes at spawn (startsecs = 0); the pid file once test-child handles signals.
+    wait_pid_file(&pidf);
     let (code, out, err) = run(&sv, &["signal", "HUP", "hup"]);
     assert_eq!((code, out.as_str()), (0, "hup: ok\n"), "{err}");
     wait_until("SIGHUP in the program's log", || lines(&log) == ["SIGHUP"]);

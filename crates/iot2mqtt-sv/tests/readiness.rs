@@ -484,18 +484,43 @@ fn shutdown_stops_dependents_before_their_dependencies() {
     let dir = Sv::new_dir();
     let log = dir.path().join("signals.txt");
     let l = p(&log);
+    let pid = |name: &str| p(&dir.path().join(format!("{name}.pid")));
     // Priorities say the opposite of the dependency: the dependency must win.
     let config = format!(
         "[program.db]\ncommand = {}\nstartsecs = 0\npriority = 50\n\n\
          [program.api]\ncommand = {}\nstartsecs = 0\npriority = 1\ndepends_on = [\"db\"]\n\n\
          [program.web]\ncommand = {}\nstartsecs = 0\npriority = 1\ndepends_on = [\"api\"]\n",
-        child_cmd(&["--signal-log", &l, "--signal-tag", "db"]),
-        child_cmd(&["--signal-log", &l, "--signal-tag", "api"]),
-        child_cmd(&["--signal-log", &l, "--signal-tag", "web"]),
+        child_cmd(&[
+            "--signal-log",
+            &l,
+            "--signal-tag",
+            "db",
+            "--pid-file",
+            &pid("db")
+        ]),
+        child_cmd(&[
+            "--signal-log",
+            &l,
+            "--signal-tag",
+            "api",
+            "--pid-file",
+            &pid("api")
+        ]),
+        child_cmd(&[
+            "--signal-log",
+            &l,
+            "--signal-tag",
+            "web",
+            "--pid-file",
+            &pid("web")
+        ]),
     );
     let mut sv = Sv::spawn_in(dir, &config, Default::default());
     sv.wait_socket();
-    sv.wait_state("web", "RUNNING");
+    // RUNNING (startsecs = 0) comes at spawn; the pid file once test-child handles signals.
+    for n in ["db", "api", "web"] {
+        wait_pid_file(&sv.path(&format!("{n}.pid")));
+    }
     sv.sigterm();
     assert_eq!(sv.wait_exit(), 0, "{}", sv.stderr());
     assert_eq!(lines(&log), ["web SIGTERM", "api SIGTERM", "db SIGTERM"]);
