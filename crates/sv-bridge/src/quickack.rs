@@ -1,7 +1,7 @@
 //! Prompt TCP acknowledgements on the broker connection.
 //!
-//! Why: mosquitto, like many brokers, leaves Nagle's algorithm on (`set_tcp_nodelay false` is its
-//! default), so it holds a small segment back while an earlier one is unacknowledged. The
+//! Why: mosquitto leaves Nagle's algorithm on by default (`set_tcp_nodelay false`), so it holds
+//! a small segment back while an earlier one is unacknowledged. The
 //! bridge publishes at QoS 1 (command results, states), the broker answers each with a 4-byte
 //! PUBACK, and Linux, seeing a request/response pattern, delays its acknowledgement of that
 //! PUBACK by up to tens of milliseconds because nothing is sent back to carry it. Every command
@@ -11,9 +11,9 @@
 //! at once, and the broker's queued segments follow.
 //!
 //! rumqttc owns the socket and does not expose it, so [`BrokerSocket::find`] identifies it
-//! among this process's descriptors: the one TCP socket whose peer port is the broker's. More
-//! than one candidate (a stale connection not yet closed) means no optimisation for that
-//! connection, never a wrong guess. `TCP_QUICKACK` is not sticky (the kernel re-enters delayed
+//! among this process's descriptors: the one TCP socket whose peer port is the broker's (the
+//! bridge opens no other TCP connection). More than one candidate (a stale connection not yet
+//! closed) means no optimisation for that connection rather than a guess. `TCP_QUICKACK` is not sticky (the kernel re-enters delayed
 //! acknowledgements by itself), which is why it is set again after each such packet.
 #![allow(unsafe_code)]
 
