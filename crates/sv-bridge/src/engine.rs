@@ -324,8 +324,8 @@ impl Engine {
         self.generation += 1;
         let (client, mut el) = AsyncClient::new(self.options.clone(), 4 * WINDOW + 64);
         // Every packet the bridge sends is small and latency-bound (PUBACKs, command results,
-        // state updates). With Nagle's algorithm each one waits for the broker's (delayed)
-        // acknowledgement of the previous segment, which queued commands by up to 40 ms.
+        // state updates). With Nagle's algorithm each one could wait for the broker's delayed
+        // acknowledgement of the one before (the broker's side of this is in `quickack`).
         let mut net = el.network_options();
         net.set_tcp_nodelay(true);
         el.set_network_options(net);
