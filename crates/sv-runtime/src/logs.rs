@@ -162,16 +162,10 @@ impl Batch {
     }
 
     /// Appends one complete line (without its newline), split into pieces if too long.
-    fn push_line(&mut self, mut line: &[u8], max: usize) {
-        if let [head @ .., b'\r'] = line {
-            line = head;
-        }
-        while line.len() > max {
-            let cut = piece_len(line, max);
-            self.push_piece(&line[..cut], true);
-            line = &line[cut..];
-        }
-        self.push_piece(line, false);
+    fn push_line(&mut self, line: &[u8], max: usize) {
+        for_each_piece(line, max, false, |a, b, partial| {
+            self.push_piece(&line[a..b], partial);
+        });
     }
 
     /// Appends complete lines (`bytes` ends with a newline). Valid UTF-8, the normal case, is
@@ -183,28 +177,36 @@ impl Batch {
             }
             return;
         };
-        let mut pos = self.text.len();
+        let base = self.text.len();
         self.text.push_str(text);
-        while let Some(i) = memchr::memchr(b'\n', &self.text.as_bytes()[pos..]) {
-            let newline = pos + i;
-            let mut end = newline;
-            if end > pos && self.text.as_bytes()[end - 1] == b'\r' {
-                end -= 1;
-            }
-            while end - pos > max {
-                let mut cut = pos + piece_len(&self.text.as_bytes()[pos..end], max);
-                // Only with max_line_bytes < 4 can a cut fall inside a character: then the piece
-                // takes the whole character.
-                while !self.text.is_char_boundary(cut) {
-                    cut += 1;
-                }
-                self.lines.push((pos, cut, true));
-                pos = cut;
-            }
-            self.lines.push((pos, end, false));
-            pos = newline + 1;
+        let lines = &mut self.lines;
+        let mut start = 0;
+        for newline in memchr::memchr_iter(b'\n', bytes) {
+            let at = base + start;
+            for_each_piece(&bytes[start..newline], max, true, |a, b, partial| {
+                lines.push((at + a, at + b, partial));
+            });
+            start = newline + 1;
         }
     }
+}
+
+/// Cuts one line (without its newline, a trailing `\r` dropped) into pieces of at most `max`
+/// bytes and calls `piece` with each one's range in `line` and whether more pieces follow. In
+/// text known to be UTF-8 (`utf8`) no cut falls inside a character: only possible with
+/// `max` < 4, the piece then takes the whole character.
+fn for_each_piece(line: &[u8], max: usize, utf8: bool, mut piece: impl FnMut(usize, usize, bool)) {
+    let end = line.len() - usize::from(line.last() == Some(&b'\r'));
+    let mut pos = 0;
+    while end - pos > max {
+        let mut cut = pos + piece_len(&line[pos..end], max);
+        while utf8 && cut < end && is_continuation(line[cut]) {
+            cut += 1;
+        }
+        piece(pos, cut, true);
+        pos = cut;
+    }
+    piece(pos, end, false);
 }
 
 struct ProgramLog {
@@ -522,10 +524,14 @@ impl Reader {
     }
 }
 
+/// A UTF-8 continuation byte (not the start of a character).
+fn is_continuation(b: u8) -> bool {
+    b & 0xC0 == 0x80
+}
+
 /// How many bytes of `bytes` (longer than `max`) go into the next piece: `max`, moved back to
 /// the start of a UTF-8 character when it would cut one (at most 3 bytes back).
 fn piece_len(bytes: &[u8], max: usize) -> usize {
-    let is_continuation = |b: u8| b & 0xC0 == 0x80;
     let mut cut = max.min(bytes.len());
     let floor = cut.saturating_sub(3);
     while cut > floor && cut < bytes.len() && is_continuation(bytes[cut]) {
