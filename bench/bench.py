@@ -176,6 +176,17 @@ def memory_kb(pid: int) -> tuple[int, int, int]:
     return rss, pss, anon
 
 
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU so far, every thread of the process (scheduler statistics)."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
 def cost(pid: int) -> tuple[int, int]:
     """(context switches over every thread, CPU clock ticks utime+stime of the process)."""
     switches = 0
@@ -867,16 +878,18 @@ def sc_throughput(ctx: Ctx, iot: IotSv):
         # Calibrate the pad so the bridge's published state envelope is `payload` bytes, then
         # give mosquitto_pub byte-for-byte the same size of message.
         pad = calibrate_pad(ctx, iot, broker, a.payload)
-        for qos in (0, 1):
+        for qos in ctx.args.qos:
             for r in range(a.rounds):
                 for kind in ("iot2mqtt-sv", "mosquitto_pub"):
                     procs = Procs()
                     try:
-                        rate, lost = throughput_run(ctx, iot, broker, procs, kind, qos, n, pad)
+                        rate, lost, cpu = throughput_run(ctx, iot, broker, procs, kind, qos, n, pad)
                         if lost:
                             ctx.res.fail(f"6 throughput QoS {qos}", "messages/s received", kind, "msg/s", f"{lost} of {n} lost")
                         if rate:
                             ctx.res.add(f"6 throughput QoS {qos}", "messages/s received", kind, "msg/s", rate, higher=True)
+                        if cpu is not None:
+                            ctx.res.add(f"6 throughput QoS {qos}", "publisher CPU per message", kind, "µs", cpu)
                     except BenchError as e:
                         log(f"throughput {kind} QoS {qos} round {r + 1}: {e}")
                         ctx.res.fail(f"6 throughput QoS {qos}", "messages/s received", kind, "msg/s", str(e))
@@ -884,7 +897,7 @@ def sc_throughput(ctx: Ctx, iot: IotSv):
                         procs.cleanup()
     except BenchError as e:
         log(f"throughput: {e}")
-        for qos in (0, 1):
+        for qos in ctx.args.qos:
             ctx.res.fail(f"6 throughput QoS {qos}", "messages/s received", "iot2mqtt-sv", "msg/s", str(e))
     finally:
         procs0.cleanup()
@@ -929,9 +942,12 @@ def calibrate_pad(ctx, iot, broker, want: int) -> int:
         procs.cleanup()
 
 
-def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | None, int]:
+def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | None, int, float | None]:
+    """(messages/s at the subscriber, messages lost, publisher CPU µs per message): the
+    publisher is the bridge process (not the program feeding it) or mosquitto_pub."""
     d = ctx.fresh_dir(f"tp{qos}-{kind}")
     marks = Marks(d / "marks")
+    bridge = None
     if kind == "iot2mqtt-sv":
         fifo = d / "go.fifo"
 
@@ -939,7 +955,8 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
             return [ctx.helper, "sockpub", str(dd / "bridge.sock"), str(fifo), str(dd / "marks"), "d1", str(pad)]
 
         os.mkfifo(fifo)
-        start_bridge_program_in(ctx, iot, broker, procs, d, qos, argv)
+        _, sv = start_bridge_program_in(ctx, iot, broker, procs, d, qos, argv)
+        bridge = iot.bridge_pid(sv.pid)
         marks.wait("the publisher to connect", lambda ms: any(m.kind == "connected" for m in ms), 15)
     sub = procs.start(
         broker.sub_args(STATE_TOPIC, qos, "%l"),
@@ -963,6 +980,7 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
     else:
         raise BenchError("the subscriber never received the warm-up message")
     time.sleep(0.2)  # let any duplicate warm-up messages drain before the timed batch
+    pub, cpu0 = None, cpu_ns(bridge) if bridge else 0
     if kind == "iot2mqtt-sv":
         with open(fifo, "w") as f:
             f.write(f"{n}\n")
@@ -970,7 +988,7 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
         lines = d / "lines.txt"
         with open(lines, "wb") as f:
             f.write(direct_payload(ctx.args.payload) * n)
-        procs.start(
+        pub = procs.start(
             broker.pub_args(STATE_TOPIC, qos) + ["-l"],
             stdin=open(lines, "rb"),
             stdout=subprocess.DEVNULL,
@@ -981,6 +999,20 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
         marks.wait("every message to arrive", lambda ms: any(m.kind == "done" for m in ms), timeout)
     except BenchError:
         pass
+    cpu = (cpu_ns(bridge) - cpu0) / 1000 / n if bridge else None
+    if pub:
+        # mosquitto_pub exits once its last message is out (QoS 1: acknowledged); its rusage
+        # is the CPU it used. Bounded: a publisher that does not exit is left to the cleanup.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                pid, _, ru = os.wait4(pub.pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid:
+                cpu = (ru.ru_utime + ru.ru_stime) * 1e6 / n
+                break
+            time.sleep(0.01)
     sub.terminate()
     counted = marks.wait("the subscriber's count", lambda ms: next((m for m in ms if m.kind == "counted"), None), 10)
     received = counted.a - 1
@@ -988,8 +1020,8 @@ def throughput_run(ctx, iot, broker, procs, kind, qos, n, pad) -> tuple[float | 
     done = marks.find("done")
     first = marks.find("first")
     if done and first:
-        return (n - 1) / ((done[0].ns - first[0].ns) / NS), lost
-    return None, lost
+        return (n - 1) / ((done[0].ns - first[0].ns) / NS), lost, cpu
+    return None, lost, cpu
 
 
 def start_bridge_program_in(ctx, iot, broker, procs, d, qos, argv_fn):
@@ -1265,6 +1297,7 @@ def main() -> int:
     # mosquitto_pub -l (2.0) stops at the first acknowledgement whose packet id equals the id of
     # its last message, so a batch must not wrap the 16-bit id: at most 65 535 messages.
     ap.add_argument("--messages", type=int, default=60_000, help="messages per throughput run (≤ 65535)")
+    ap.add_argument("--qos", type=lambda v: [int(q) for q in v.split(",")], default=[0, 1], help="throughput QoS levels (0,1)")
     ap.add_argument("--payload", type=int, default=100, help="bytes per published state message")
     ap.add_argument("--commands", type=int, default=5_000, help="commands per latency run")
     ap.add_argument("--cmd-rate", type=int, default=1_000, help="commands per second")
@@ -1278,6 +1311,8 @@ def main() -> int:
         a.rounds, a.mem_settle, a.idle, a.stable = 1, 0.5, 0.5, 1.2
         a.messages, a.commands, a.log_bytes = 2_000, 200, 10_000_000
         a.settle_after_respawn = 0.1
+    if not a.qos or not set(a.qos) <= {0, 1}:
+        ap.error("--qos takes 0, 1 or 0,1")
     if not 2 <= a.messages <= 65_535:
         ap.error("--messages must be between 2 and 65535 (mosquitto_pub's 16-bit packet ids)")
     only = set(a.only.split(","))

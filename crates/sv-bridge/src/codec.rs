@@ -304,24 +304,56 @@ impl Reply {
     }
 }
 
+/// The two fields every request may have, read before the operation itself. Every other field
+/// is skipped without being built, so this pass allocates at most the `op` and `id` values.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(default)]
+    op: Option<Value>,
+}
+
+/// `Some` for any value, `null` included: a request's `"id": null` is echoed as such.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
 /// Decodes one line (without its newline; a trailing `\r` is tolerated).
+///
+/// Two passes over the bytes, both without an intermediate JSON tree: the head (`op`, `id`), so
+/// that an error can carry the `id` and name the `op`, then the operation straight into its
+/// [`Op`] variant. This is the bridge's per-message path (docs/benchmarks.md, throughput).
 pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let value: Value = serde_json::from_slice(line).map_err(|e| DecodeError {
-        id: None,
-        code: ErrorCode::BadJson,
-        message: format!("invalid json: {e}"),
-    })?;
-    let Value::Object(obj) = value else {
+    // Checked first: a struct would also accept a JSON array (`[id, op]`).
+    if line.trim_ascii_start().first() != Some(&b'{') {
         return Err(DecodeError {
             id: None,
             code: ErrorCode::BadJson,
-            message: "expected a json object".into(),
+            message: match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+                Ok(_) => "expected a json object".into(),
+                Err(e) => format!("invalid json: {e}"),
+            },
         });
-    };
-    let id = obj.get("id").cloned();
-    let op = match obj.get("op") {
-        Some(Value::String(op)) => op.clone(),
+    }
+    let head: Head = serde_json::from_slice(line).map_err(|e| DecodeError {
+        id: None,
+        // Valid JSON that is still not a request head: a duplicated `op` or `id`.
+        code: if e.is_data() {
+            ErrorCode::BadRequest
+        } else {
+            ErrorCode::BadJson
+        },
+        message: if e.is_data() {
+            e.to_string()
+        } else {
+            format!("invalid json: {e}")
+        },
+    })?;
+    let Head { id, op } = head;
+    let name = match op {
+        Some(Value::String(name)) => name,
         Some(_) => {
             return Err(DecodeError {
                 id,
@@ -337,23 +369,31 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
             });
         }
     };
-    if !OPS.contains(&op.as_str()) {
+    if !OPS.contains(&name.as_str()) {
         return Err(DecodeError {
             id,
             code: ErrorCode::UnknownOp,
-            message: format!("unknown op {op:?}"),
+            message: format!("unknown op {name:?}"),
         });
     }
-    let request: Request = serde_json::from_value(Value::Object(obj)).map_err(|e| DecodeError {
-        id: id.clone(),
-        code: ErrorCode::BadRequest,
-        message: format!("{op}: {e}"),
-    })?;
-    validate(&request).map_err(|message| DecodeError {
-        id,
-        code: ErrorCode::BadRequest,
-        message: format!("{op}: {message}"),
-    })?;
+    let op: Op = match serde_json::from_slice(line) {
+        Ok(op) => op,
+        Err(e) => {
+            return Err(DecodeError {
+                id,
+                code: ErrorCode::BadRequest,
+                message: format!("{name}: {e}"),
+            });
+        }
+    };
+    let request = Request { id, op };
+    if let Err(message) = validate(&request) {
+        return Err(DecodeError {
+            id: request.id,
+            code: ErrorCode::BadRequest,
+            message: format!("{name}: {message}"),
+        });
+    }
     Ok(request)
 }
 
@@ -471,6 +511,27 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadJson);
         let e = dec("[1,2]").unwrap_err();
         assert_eq!(e.code, ErrorCode::BadJson);
+        assert_eq!(e.message, "expected a json object");
+        let e = dec(r#"  ["state"  "#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadJson);
+        assert!(e.message.starts_with("invalid json"), "{}", e.message);
+        let e = dec(r#"{"op":"ping"} trailing"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadJson);
+        let e = dec(r#"{"op":"ping","op":"stats"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("duplicate field `op`"), "{}", e.message);
+        let e = dec(r#"{"op":"event","device_id":"d","event":"e","event":"f"}"#).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(
+            e.message.starts_with("event: duplicate field"),
+            "{}",
+            e.message
+        );
+        // An explicit null id is echoed as such, as any other id value.
+        let e = dec(r#"{"id":null,"op":"launch"}"#).unwrap_err();
+        assert_eq!(e.id, Some(Value::Null));
+        let r = dec(r#"{"extra":{"deep":[1,{"x":"\u00e9"}]},"op":"ping","id":[1]}"#).unwrap();
+        assert_eq!((r.id, r.op), (Some(json!([1])), Op::Ping));
         let e = dec(r#"{"id":"x","op":"launch"}"#).unwrap_err();
         assert_eq!((e.code, e.id), (ErrorCode::UnknownOp, Some(json!("x"))));
         let e = dec(r#"{"id":7}"#).unwrap_err();

@@ -857,13 +857,14 @@ impl Engine {
                 self.check_owner(conn, &device_id)?;
                 // The retained envelope is always the full merged state, so a partial answer
                 // to a filtered `get` never shrinks it (platform defect 7).
+                // The message's values move into the cached state; only per-property topics,
+                // published after the merge, need a copy of them.
+                let props = self.s.property_topics.then(|| state.clone());
                 let full = self.states.entry(device_id.clone()).or_default();
                 if replace {
                     full.clear();
                 }
-                for (k, v) in &state {
-                    full.insert(k.clone(), v.clone());
-                }
+                full.extend(state);
                 // Serialised straight from the cached state: the hot path of a busy device
                 // makes no copy of it.
                 let envelope = serde_json::to_vec(&StateEnvelope {
@@ -876,12 +877,10 @@ impl Engine {
                 if !envelope.is_ok_and(|e| self.publish(topic, e, qos, self.s.retain)) {
                     return Err((ErrorCode::BadRequest, "state too large to publish".into()));
                 }
-                if self.s.property_topics {
-                    for (k, v) in &state {
-                        if valid_segment(k) {
-                            let t = self.topics.device(&device_id, &format!("state/{k}"));
-                            self.publish_json(t, v, qos, self.s.retain);
-                        }
+                for (k, v) in props.iter().flatten() {
+                    if valid_segment(k) {
+                        let t = self.topics.device(&device_id, &format!("state/{k}"));
+                        self.publish_json(t, v, qos, self.s.retain);
                     }
                 }
                 if let Some(online) = online

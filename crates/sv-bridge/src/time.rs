@@ -5,13 +5,19 @@
 //! Inbound timestamps are accepted with an offset or `Z`, and also naive (`2025-10-13T10:30:00.1`),
 //! which is then read as local time in the configured zone — what the reference client emits.
 
+use jiff::fmt::temporal::DateTimePrinter;
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ZonedDateTime};
 
+/// RFC 3339 with exactly three fractional digits; the offset is always `±HH:MM`, never `Z`.
+const PRINTER: DateTimePrinter = DateTimePrinter::new().precision(Some(3));
+
 /// Formats `at` in `tz` as RFC 3339 with milliseconds and an explicit offset.
+///
+/// Every published state carries one, so this is on the per-message path: a fixed printer and
+/// the zone's offset, not a `strftime` pattern read anew each time.
 pub fn format(at: Timestamp, tz: &TimeZone) -> String {
-    let z = at.to_zoned_datetime(tz.clone());
-    z.strftime("%Y-%m-%dT%H:%M:%S%.3f%:z").to_string()
+    PRINTER.timestamp_with_offset_to_string(&at, tz.to_offset(at))
 }
 
 /// The current time, formatted by [`format`].
@@ -43,6 +49,15 @@ mod tests {
         let t: Timestamp = "2025-07-01T08:00:00.5Z".parse().unwrap();
         assert_eq!(format(t, &tz), "2025-07-01T10:00:00.500+02:00");
         assert_eq!(format(t, &TimeZone::UTC), "2025-07-01T08:00:00.500+00:00");
+        // Whole seconds keep their three digits; negative and half-hour offsets.
+        let t: Timestamp = "2025-01-01T05:00:00Z".parse().unwrap();
+        let ny = TimeZone::get("America/New_York").unwrap();
+        assert_eq!(format(t, &ny), "2025-01-01T00:00:00.000-05:00");
+        let kolkata = TimeZone::get("Asia/Kolkata").unwrap();
+        assert_eq!(format(t, &kolkata), "2025-01-01T10:30:00.000+05:30");
+        // Sub-millisecond digits are cut, not rounded up into the next second.
+        let t: Timestamp = "2025-01-01T05:00:00.9999Z".parse().unwrap();
+        assert_eq!(format(t, &TimeZone::UTC), "2025-01-01T05:00:00.999+00:00");
     }
 
     #[test]
