@@ -448,6 +448,10 @@ pub fn encode_request(r: &Request) -> String {
 
 /// Encodes a reply as one line including its newline.
 pub fn encode_reply(r: &Reply) -> String {
+    // The reply to nearly every request, so it skips the serializer.
+    if let Reply::Ok { id: None } = r {
+        return "{\"op\":\"ok\"}\n".to_string();
+    }
     // Serializing these types cannot fail: every map key is a string.
     let mut s = serde_json::to_string(r).unwrap_or_else(|_| "{}".to_string());
     s.push('\n');
@@ -585,6 +589,7 @@ mod tests {
     fn replies_round_trip() {
         let replies = [
             Reply::Ok { id: Some(json!(1)) },
+            Reply::Ok { id: None },
             Reply::error(None, ErrorCode::LineTooLong, "too long"),
             Reply::Cmd {
                 device_id: "d".into(),
@@ -620,6 +625,11 @@ mod tests {
             assert!(!line[..line.len() - 1].contains('\n'));
             assert_eq!(decode_reply(line.trim_end().as_bytes()).unwrap(), r);
         }
+        // The shortcut for the common reply says what the serializer would.
+        assert_eq!(
+            encode_reply(&Reply::Ok { id: None }),
+            serde_json::to_string(&Reply::Ok { id: None }).unwrap() + "\n"
+        );
         assert_eq!(
             encode_reply(&Reply::error(Some(json!(2)), ErrorCode::Forbidden, "no")),
             "{\"op\":\"error\",\"id\":2,\"code\":\"forbidden\",\"message\":\"no\"}\n"

@@ -655,7 +655,7 @@ impl Engine {
     // ---- programs --------------------------------------------------------------------------
 
     fn send_to(&mut self, conn: u64, reply: &Reply) -> bool {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return false;
         };
         let line = encode_reply(reply);
@@ -667,16 +667,15 @@ impl Engine {
         });
         let sent = !over && c.tx.try_send(line).is_ok();
         let dropped_before = c.dropping;
-        let program = self.program_name(conn);
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
+        // The program's name is looked up only when there is something to log: this runs for
+        // every reply.
         if sent {
             if let Some(q) = &c.queued {
                 q.fetch_add(len, Ordering::AcqRel);
             }
             c.dropping = 0;
             if dropped_before > 0 {
+                let program = self.program_name(conn);
                 tracing::info!(conn, program = %program, dropped = dropped_before, "program reads the bridge socket again");
             }
             true
@@ -686,6 +685,7 @@ impl Engine {
             // Once per episode: a program that stopped reading would otherwise make the bridge
             // log every line it cannot deliver.
             if dropped_before == 0 {
+                let program = self.program_name(conn);
                 tracing::warn!(conn, program = %program, "program is not reading the bridge socket; dropping messages for it");
             }
             false
