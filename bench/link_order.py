@@ -5,8 +5,9 @@ Why: the kernel maps a binary's code into a process in 64 KB blocks around each 
 (fault-around), so the ~1 250 functions that run from start to idle, scattered over 6 MB of text,
 kept 3.4 MB of it resident. Packed together they fill a little over one megabyte.
 
-How: one run of a supervisor with four idle programs and the bridge connected to a real broker,
-under callgrind (valgrind), which records every function executed. The file lists the
+How: three starts (united, as timing varies the paths taken) of a supervisor with four idle
+programs and the bridge connected to a real broker, under callgrind (valgrind), which records
+every function executed. The file lists the
 supervisor's functions, then those both processes run, then the bridge's, so each process touches
 one contiguous stretch, and last the glibc CPU variants the profile did not pick. Names are the mangled symbols of the static release build (kept with
 KEEP_SYMBOLS=1, which leaves cargo's symbol hashes as they are). They survive edits elsewhere and
@@ -90,57 +91,65 @@ def with_variants(names: set[str], symbols: set[str]) -> set[str]:
     return names | {s for s in symbols if (m := VARIANT.match(s)) and m.group(1) in families}
 
 
+def profile_once(binary: Path, d: Path) -> list[tuple[str, set[str]]]:
+    """One start of a supervisor with four idle programs and the bridge on a real broker, under
+    callgrind, stopped once everything is up: each process's command and functions."""
+    d.mkdir()
+    port = free_port()
+    (d / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    mosquitto = os.environ.get("MOSQUITTO") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.access(p, os.X_OK)), "mosquitto"
+    )
+    broker = subprocess.Popen([mosquitto, "-c", d / "mosquitto.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # The keys a typical connector config uses (booleans, durations, tables), so
+        # that their parsing code is in the profile; the path is relative, as in images.
+        programs = "".join(
+            f'\n[program.p{i}]\ncommand = ["sleep", "3600"]\nstartsecs = 0\nautorestart = true\n'
+            f'stopwaitsecs = "2s"\ncritical = false\nenvironment = {{ P = "{i}" }}\n'
+            f'[program.p{i}.backoff]\ninitial = "1s"\njitter = 0.1\n'
+            for i in range(1, 5)
+        )
+        (d / "sv.toml").write_text(
+            f'[supervisor]\ncontrol_socket = "control.sock"\nshutdown_timeout = "8s"\n\n'
+            f'[bridge]\nhost = "127.0.0.1"\nport = {port}\ninstance = "order"\nretain = true\n'
+            f'socket = "bridge.sock"\n{programs}'
+        )
+        log = d / "sv.log"
+        sv = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--demangle=no", "--trace-children=yes",
+             "--trace-children-skip=*sleep*", "--compress-strings=no", f"--callgrind-out-file={d}/callgrind.%p",
+             binary.resolve(), "run", "-c", "sv.toml"],
+            cwd=d, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "LOG_LEVEL": "info"},
+        )
+        try:
+            text = lambda: log.read_text(errors="replace")  # noqa: E731
+            wait_for("all four programs", lambda: text().count(" ready program=p") >= 4, 120, sv, log)
+            wait_for("the bridge online", lambda: 'status="online"' in text(), 120, sv, log)
+        finally:
+            if sv.poll() is None:
+                sv.send_signal(signal.SIGTERM)
+            sv.wait(timeout=120)
+    finally:
+        broker.terminate()
+        broker.wait()
+
+    return [functions(p) for p in sorted(d.glob("callgrind.*"))]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, type=Path, help="unstripped static release build")
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--runs", type=int, default=3, help="profiled starts to unite")
     a = ap.parse_args()
 
     symbols = defined_functions(a.bin)
     if not symbols:
         fail(f"{a.bin} has no symbol table; build it with KEEP_SYMBOLS=1 scripts/build-static")
+    # Several starts, united: which paths run (an error path, a retry) varies with timing.
     with tempfile.TemporaryDirectory(prefix="link-order-") as tmp:
-        d = Path(tmp)
-        port = free_port()
-        (d / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        mosquitto = os.environ.get("MOSQUITTO") or next(
-            (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if os.access(p, os.X_OK)), "mosquitto"
-        )
-        broker = subprocess.Popen([mosquitto, "-c", d / "mosquitto.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            # The keys a typical connector config uses (booleans, durations, tables), so
-            # that their parsing code is in the profile; the path is relative, as in images.
-            programs = "".join(
-                f'\n[program.p{i}]\ncommand = ["sleep", "3600"]\nstartsecs = 0\nautorestart = true\n'
-                f'stopwaitsecs = "2s"\ncritical = false\nenvironment = {{ P = "{i}" }}\n'
-                f'[program.p{i}.backoff]\ninitial = "1s"\njitter = 0.1\n'
-                for i in range(1, 5)
-            )
-            (d / "sv.toml").write_text(
-                f'[supervisor]\ncontrol_socket = "control.sock"\nshutdown_timeout = "8s"\n\n'
-                f'[bridge]\nhost = "127.0.0.1"\nport = {port}\ninstance = "order"\nretain = true\n'
-                f'socket = "bridge.sock"\n{programs}'
-            )
-            log = d / "sv.log"
-            sv = subprocess.Popen(
-                ["valgrind", "--tool=callgrind", "--demangle=no", "--trace-children=yes",
-                 "--trace-children-skip=*sleep*", "--compress-strings=no", f"--callgrind-out-file={d}/callgrind.%p",
-                 a.bin.resolve(), "run", "-c", "sv.toml"],
-                cwd=d, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env={**os.environ, "LOG_LEVEL": "info"},
-            )
-            try:
-                text = lambda: log.read_text(errors="replace")  # noqa: E731
-                wait_for("all four programs", lambda: text().count(" ready program=p") >= 4, 120, sv, log)
-                wait_for("the bridge online", lambda: 'status="online"' in text(), 120, sv, log)
-            finally:
-                if sv.poll() is None:
-                    sv.send_signal(signal.SIGTERM)
-                sv.wait(timeout=120)
-        finally:
-            broker.terminate()
-            broker.wait()
-
-        profiles = [functions(p) for p in sorted(d.glob("callgrind.*"))]
+        profiles = [x for run in range(a.runs) for x in profile_once(a.bin, Path(tmp) / f"run{run}")]
     sup = set().union(*(names for cmd, names in profiles if " run " in f"{cmd} "))
     bridge = set().union(*(names for cmd, names in profiles if " bridge " in f"{cmd} "))
     if not sup or not bridge:
@@ -154,8 +163,12 @@ def main() -> None:
         ("bridge only", bridge - sup),
         ("other CPU variants of the glibc functions above", variants),
     ]
+    # Cargo hashes the compiler's version into every symbol name: scripts/build-static warns when
+    # it links with another compiler than the one named here.
+    rustc = subprocess.run(["rustc", "-V"], capture_output=True, text=True, check=True).stdout.strip()
     with open(a.out, "w") as f:
         f.write(HEADER)
+        f.write(f"# made with: {rustc}\n")
         for title, names in groups:
             f.write(f"# {title}: {len(names)}\n")
             f.writelines(f"{n}\n" for n in sorted(names))
