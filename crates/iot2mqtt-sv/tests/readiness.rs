@@ -484,36 +484,19 @@ fn shutdown_stops_dependents_before_their_dependencies() {
     let dir = Sv::new_dir();
     let log = dir.path().join("signals.txt");
     let l = p(&log);
-    let pid = |name: &str| p(&dir.path().join(format!("{name}.pid")));
+    // Each logs its signals under its name and says by a pid file when it handles them.
+    let child = |name: &str| {
+        let pid = p(&dir.path().join(format!("{name}.pid")));
+        child_cmd(&["--signal-log", &l, "--signal-tag", name, "--pid-file", &pid])
+    };
     // Priorities say the opposite of the dependency: the dependency must win.
     let config = format!(
         "[program.db]\ncommand = {}\nstartsecs = 0\npriority = 50\n\n\
          [program.api]\ncommand = {}\nstartsecs = 0\npriority = 1\ndepends_on = [\"db\"]\n\n\
          [program.web]\ncommand = {}\nstartsecs = 0\npriority = 1\ndepends_on = [\"api\"]\n",
-        child_cmd(&[
-            "--signal-log",
-            &l,
-            "--signal-tag",
-            "db",
-            "--pid-file",
-            &pid("db")
-        ]),
-        child_cmd(&[
-            "--signal-log",
-            &l,
-            "--signal-tag",
-            "api",
-            "--pid-file",
-            &pid("api")
-        ]),
-        child_cmd(&[
-            "--signal-log",
-            &l,
-            "--signal-tag",
-            "web",
-            "--pid-file",
-            &pid("web")
-        ]),
+        child("db"),
+        child("api"),
+        child("web"),
     );
     let mut sv = Sv::spawn_in(dir, &config, Default::default());
     sv.wait_socket();

@@ -81,8 +81,8 @@ pub struct LogLine {
     pub program: Arc<str>,
     /// The stream the line is tagged with (and written to).
     pub stream: Stream,
-    /// The text, without its newline, lossily decoded. Shared: the ring, followers and the
-    /// writer hold the same text without copying it.
+    /// The text, without its newline, lossily decoded. Shared, so that every follower of a
+    /// program receives the line without a copy of its own.
     pub line: Arc<str>,
     /// A piece of an over-long line that continues in the next [`LogLine`].
     pub partial: bool,

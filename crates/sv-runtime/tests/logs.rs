@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
 use sv_core::config::LogFormat;
-use sv_runtime::logs::{LogHub, Stream};
+use sv_runtime::logs::{LogHub, LogLine, Stream};
 use sv_testkit::{WAIT, test_child, wait_until};
 
 /// An in-memory sink that the test reads back.
@@ -62,6 +62,22 @@ fn sh(script: &str, hub: &LogHub, program: &str) -> Child {
     let out = hub.pipe(program, Stream::Stdout, None).unwrap();
     let err = hub.pipe(program, Stream::Stderr, None).unwrap();
     spawn(&["sh", "-c", script], out, Some(err))
+}
+
+/// The text of a program's last `n` lines in the ring buffer.
+fn tail_text(hub: &LogHub, program: &str, n: usize) -> Vec<String> {
+    hub.tail(program, n)
+        .iter()
+        .map(|l| l.line.to_string())
+        .collect()
+}
+
+/// The next line a follower receives, within the test's bound.
+async fn next_followed(follower: &mut tokio::sync::broadcast::Receiver<LogLine>) -> LogLine {
+    tokio::time::timeout(WAIT, follower.recv())
+        .await
+        .expect("follower got a line in time")
+        .expect("follower not lagging")
 }
 
 /// Waits for the child and for every pipe to reach EOF and be written out.
@@ -252,25 +268,15 @@ async fn ring_keeps_the_last_lines_and_followers_see_new_ones() {
     );
     finish(&hub, child).await;
 
-    let tail: Vec<String> = hub
-        .tail("f", 100)
-        .into_iter()
-        .map(|l| l.line.to_string())
-        .collect();
-    assert_eq!(tail, ["line6", "line7", "line8", "line9", "line10"]);
-    let last2: Vec<String> = hub
-        .tail("f", 2)
-        .into_iter()
-        .map(|l| l.line.to_string())
-        .collect();
-    assert_eq!(last2, ["line9", "line10"]);
+    assert_eq!(
+        tail_text(&hub, "f", 100),
+        ["line6", "line7", "line8", "line9", "line10"]
+    );
+    assert_eq!(tail_text(&hub, "f", 2), ["line9", "line10"]);
     assert!(hub.tail("nobody", 10).is_empty());
 
     for i in 1..=10 {
-        let l = tokio::time::timeout(WAIT, follower.recv())
-            .await
-            .expect("follower got a line in time")
-            .expect("follower not lagging");
+        let l = next_followed(&mut follower).await;
         assert_eq!(&*l.line, format!("line{i}"));
         assert_eq!(&*l.program, "f");
     }
@@ -288,17 +294,8 @@ async fn a_program_can_be_followed_again_after_every_follower_left() {
     let mut again = hub.follow("f");
     let o = hub.pipe("f", Stream::Stdout, None).unwrap();
     finish(&hub, spawn(&["sh", "-c", "echo seen"], o, None)).await;
-    let l = tokio::time::timeout(WAIT, again.recv())
-        .await
-        .expect("follower got a line in time")
-        .expect("follower not lagging");
-    assert_eq!(&*l.line, "seen");
-    let tail: Vec<String> = hub
-        .tail("f", 10)
-        .iter()
-        .map(|l| l.line.to_string())
-        .collect();
-    assert_eq!(tail, ["unseen", "seen"]);
+    assert_eq!(&*next_followed(&mut again).await.line, "seen");
+    assert_eq!(tail_text(&hub, "f", 10), ["unseen", "seen"]);
 }
 
 /// A sink that blocks every write until the gate opens: a stalled `docker logs` reader.
