@@ -54,26 +54,32 @@ class Client:
         """Connects (retrying with backoff until ``timeout`` seconds, forever when None)."""
         delay = 0.1
         deadline = None if timeout is None else time.monotonic() + timeout
+        hello = {"op": "hello", "meta": self.meta}
+        if self.devices is not None:
+            hello["devices"] = list(self.devices)
         while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 s.connect(self.path)
-                break
+                with self._lock:
+                    self._sock = s
+                    self._reader = s.makefile("rb")
+                self._send(hello)
+                for topic in self._subs:
+                    self._send({"op": "subscribe", "topic": topic})
+                return
             except OSError:
+                # Refused while the bridge is away; or accepted and then reset: a bridge killed
+                # just as we connected leaves us in its listener's queue, which the kernel
+                # resets when that listener closes. Either way, try again.
+                with self._lock:
+                    if self._sock is s:
+                        self._sock = self._reader = None
                 s.close()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        with self._lock:
-            self._sock = s
-            self._reader = s.makefile("rb")
-        hello = {"op": "hello", "meta": self.meta}
-        if self.devices is not None:
-            hello["devices"] = list(self.devices)
-        self._send(hello)
-        for topic in self._subs:
-            self._send({"op": "subscribe", "topic": topic})
 
     def close(self):
         self._closed = True

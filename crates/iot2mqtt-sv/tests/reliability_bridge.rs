@@ -733,3 +733,63 @@ fn the_control_socket_survives_a_thousand_clients_an_idle_one_and_an_oversized_l
     assert!(rss_after < 64 * 1024, "supervisor VmRSS {rss_after} KiB");
     assert_eq!(sv.program("s")["state"], "RUNNING");
 }
+
+/// The Python client against a bridge killed just as it connected: the kernel accepts the
+/// connection into the dying listener's queue, then resets it, so sending `hello` fails. That
+/// window cannot be opened on demand, so the failure is injected at the same point; the client
+/// must treat it as a failed attempt and connect again, not die.
+const FLAKY_HELLO_PY: &str = r#"
+import sys
+sys.path.insert(0, sys.argv[1])
+from iot2mqtt_sv import Client
+
+class ResetOnFirstHello(Client):
+    resets = 1
+    def _send(self, msg):
+        if msg["op"] == "hello" and ResetOnFirstHello.resets:
+            ResetOnFirstHello.resets -= 1
+            raise ConnectionResetError("reset by a bridge that went away")
+        return super()._send(msg)
+
+ResetOnFirstHello(path=sys.argv[2], devices=["d"]).connect(timeout=10)
+print("connected")
+"#;
+
+#[test]
+fn the_python_client_retries_when_its_hello_meets_a_reset() {
+    let dir = TempDir::new().expect("temp dir");
+    let path = dir.path().join("bridge.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let client = Command::new(python())
+        .args(["-c", FLAKY_HELLO_PY])
+        .arg(python_clients())
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    // The first connection is dropped by the client after its failed hello; the second one
+    // carries the hello.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let hellos: Vec<String> = listener
+            .incoming()
+            .take(2)
+            .map(|c| {
+                let mut line = String::new();
+                let _ = BufReader::new(c.expect("accept")).read_line(&mut line);
+                line
+            })
+            .collect();
+        let _ = tx.send(hellos);
+    });
+    let hellos = rx.recv_timeout(WAIT).expect("two connections in time");
+    assert_eq!(hellos[0], "", "the first attempt sent nothing");
+    let hello: Value = serde_json::from_str(&hellos[1]).expect("a json hello");
+    assert_eq!(
+        (&hello["op"], &hello["devices"]),
+        (&json!("hello"), &json!(["d"]))
+    );
+    let out = client.wait_with_output().expect("python output");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "connected\n");
+}
