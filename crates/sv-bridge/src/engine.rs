@@ -100,7 +100,8 @@ struct Conn {
 #[derive(Debug)]
 struct Pending {
     deadline: Instant,
-    mqtt_id: bool,
+    /// The command's `id` as sent (string or number), echoed as `cmd_id`; none = no response.
+    mqtt_id: Option<Value>,
     conn: u64,
 }
 
@@ -608,12 +609,7 @@ impl Engine {
                 let program = self.program_name(p.conn);
                 tracing::warn!(device = %key.0, cmd_id = %key.1, program = %program, "command timed out");
                 let reason = format!("no result from program {program} within the command timeout");
-                self.fail_command(
-                    &key.0,
-                    p.mqtt_id.then_some(key.1.as_str()),
-                    "timeout",
-                    &reason,
-                );
+                self.fail_command(&key.0, p.mqtt_id.as_ref(), "timeout", &reason);
             }
         }
     }
@@ -812,12 +808,7 @@ impl Engine {
         for key in orphaned {
             if let Some(p) = self.pending.remove(&key) {
                 let reason = format!("program {program} disconnected before answering");
-                self.fail_command(
-                    &key.0,
-                    p.mqtt_id.then_some(key.1.as_str()),
-                    "handler_gone",
-                    &reason,
-                );
+                self.fail_command(&key.0, p.mqtt_id.as_ref(), "handler_gone", &reason);
             }
         }
     }
@@ -956,9 +947,9 @@ impl Engine {
                     ));
                 };
                 self.counters.command_results_total += 1;
-                if p.mqtt_id {
+                if let Some(mqtt_id) = p.mqtt_id {
                     let mut v = json!({
-                        "cmd_id": key.1,
+                        "cmd_id": mqtt_id,
                         "status": match status { CmdStatus::Success => "success", CmdStatus::Error => "error" },
                         "timestamp": now,
                     });
@@ -1076,7 +1067,14 @@ impl Engine {
     // ---- inbound MQTT ----------------------------------------------------------------------
 
     pub(crate) fn on_inbound(&mut self, topic: &str, payload: &[u8], retain: bool) {
-        match self.topics.classify(topic) {
+        let request = self.topics.classify(topic);
+        if request.is_some() && payload.iter().all(u8::is_ascii_whitespace) {
+            // The web UI's "clear topics" empties every cached topic, requests included; an
+            // empty request asks for nothing, so it reaches no program and gets no answer.
+            tracing::debug!(topic, "empty request ignored");
+            return;
+        }
+        match request {
             // Retained commands are stale by definition; executing them on every reconnect
             // would repeat old actions.
             Some(_) if retain => {
@@ -1111,7 +1109,7 @@ impl Engine {
 
     /// Publishes a failed command: `cmd/response` when the command had an id, and always an
     /// `error` on the device.
-    fn fail_command(&mut self, device: &str, cmd_id: Option<&str>, code: &str, reason: &str) {
+    fn fail_command(&mut self, device: &str, cmd_id: Option<&Value>, code: &str, reason: &str) {
         self.counters.command_failures_total += 1;
         let now = time::now(&self.s.tz);
         let qos = self.s.qos;
@@ -1136,25 +1134,15 @@ impl Engine {
             );
             return;
         };
-        let mqtt_id = match obj.remove("id") {
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
+        // Kept as sent: the reference echoes `id` into `cmd_id` unchanged, a number as a number.
+        let mqtt_id = obj
+            .remove("id")
+            .filter(|v| v.is_number() || v.as_str().is_some_and(|s| !s.is_empty()));
         let timestamp = obj.remove("timestamp");
         let timeout = obj.remove("timeout");
-        let id_ref = mqtt_id.as_deref();
+        let id_ref = mqtt_id.as_ref();
         if let Some(ts) = timestamp.as_ref().filter(|v| !v.is_null()) {
-            let parsed = match ts {
-                Value::String(s) => time::parse(s, &self.s.tz),
-                // Unix time: seconds, or milliseconds when it is too large to be seconds.
-                Value::Number(n) => n.as_f64().and_then(|f| {
-                    let secs = if f.abs() >= 1e11 { f / 1000.0 } else { f };
-                    jiff::Timestamp::from_millisecond((secs * 1000.0) as i64).ok()
-                }),
-                _ => None,
-            };
-            let Some(at) = parsed else {
+            let Some(age) = time::command_age(ts, &self.s.tz, jiff::Timestamp::now()) else {
                 self.fail_command(
                     device,
                     id_ref,
@@ -1163,7 +1151,6 @@ impl Engine {
                 );
                 return;
             };
-            let age = jiff::Timestamp::now().duration_since(at);
             if age
                 > jiff::SignedDuration::try_from(self.s.max_command_age)
                     .unwrap_or(jiff::SignedDuration::MAX)
@@ -1201,10 +1188,14 @@ impl Engine {
             );
             return;
         };
-        let cmd_id = mqtt_id.clone().unwrap_or_else(|| {
-            self.cmd_seq += 1;
-            format!("sv-{}", self.cmd_seq)
-        });
+        let cmd_id = match &mqtt_id {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => {
+                self.cmd_seq += 1;
+                format!("sv-{}", self.cmd_seq)
+            }
+        };
         let cmd = Reply::Cmd {
             device_id: device.to_string(),
             cmd_id: cmd_id.clone(),
@@ -1216,7 +1207,7 @@ impl Engine {
             let program = self.program_name(conn);
             self.fail_command(
                 device,
-                mqtt_id.as_deref(),
+                mqtt_id.as_ref(),
                 "handler_busy",
                 &format!("program {program} is not reading its commands"),
             );
@@ -1227,7 +1218,7 @@ impl Engine {
             (device.to_string(), cmd_id),
             Pending {
                 deadline: Instant::now() + timeout,
-                mqtt_id: mqtt_id.is_some(),
+                mqtt_id,
                 conn,
             },
         );
@@ -1386,9 +1377,6 @@ impl Engine {
 }
 
 fn parse_object(payload: &[u8]) -> Option<Map<String, Value>> {
-    if payload.iter().all(u8::is_ascii_whitespace) {
-        return Some(Map::new());
-    }
     match serde_json::from_slice(payload) {
         Ok(Value::Object(m)) => Some(m),
         _ => None,

@@ -632,6 +632,123 @@ fn expired_commands_are_rejected_and_naive_local_timestamps_are_timezone_correct
     assert_eq!(c["cmd_id"], "fresh");
 }
 
+/// What the platform's web backend sends as a command timestamp: `datetime.now().isoformat()`
+/// in a container without `TZ`, i.e. naive UTC with microseconds (`mqtt_service.send_command`).
+fn web_backend_timestamp(at: jiff::Timestamp) -> String {
+    at.to_zoned_datetime(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S.%6f")
+        .to_string()
+}
+
+/// A web-backend command as `mqtt_service.send_command` builds it.
+fn web_backend_command(id: &str, at: jiff::Timestamp) -> String {
+    json!({"id": id, "timestamp": web_backend_timestamp(at), "values": {"on": true}, "timeout": 5000})
+        .to_string()
+}
+
+#[test]
+fn naive_utc_web_commands_are_fresh_east_and_west_of_utc_and_stale_ones_are_rejected() {
+    for zone in ["Asia/Tokyo", "America/Los_Angeles"] {
+        let Some(broker) = quiet_broker() else { return };
+        let app = app_dir();
+        // TZ only in the connector's .env, as the platform's installer writes it.
+        std::fs::write(app.path().join(".env"), format!("TZ={zone}\n")).unwrap();
+        let env: Vec<_> = env_for(app.path(), broker.port)
+            .into_iter()
+            .filter(|(k, _)| k != "TZ")
+            .collect();
+        let section = BridgeSection {
+            socket: Some(app.path().join("bridge.sock")),
+            ..BridgeSection::default()
+        };
+        let s = Settings::resolve(&section, &|k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .expect("settings");
+        assert_eq!(s.tz_name.as_deref(), Some(zone));
+        let sub = subscriber(&broker);
+        let bridge = Bridge::start(s, view(vec![me("prog", true)]));
+        sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+        let mut p = bridge.connect();
+        p.call(json!({"op":"hello","devices":["d1"]}));
+
+        let stale = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(120);
+        let cmd = web_backend_command("stale", stale);
+        broker.publish(&dev_topic("d1", "cmd"), &cmd, 1, false);
+        let resp = json_on(&sub, &dev_topic("d1", "cmd/response"), |v| {
+            v["cmd_id"] == "stale"
+        });
+        assert!(
+            resp["error"].as_str().unwrap().contains("expired"),
+            "{zone}: {resp}"
+        );
+
+        let cmd = web_backend_command("fresh", jiff::Timestamp::now());
+        broker.publish(&dev_topic("d1", "cmd"), &cmd, 1, false);
+        // The first command the program sees is the fresh one: the stale one never reached it.
+        let c = p.recv_op("cmd");
+        assert_eq!(c["cmd_id"], "fresh", "{zone}");
+    }
+}
+
+#[test]
+fn empty_requests_from_clear_topics_reach_no_program_and_a_numeric_id_stays_a_number() {
+    let Some((broker, _app, bridge, sub)) = setup() else {
+        return;
+    };
+    let mut p = bridge.connect();
+    assert_eq!(
+        p.call(json!({"op":"hello","devices":["d1"],"meta":true}))["op"],
+        "ok"
+    );
+    let requests = [
+        dev_topic("d1", "cmd"),
+        dev_topic("d2", "cmd"),
+        dev_topic("d1", "get"),
+        format!("{}/groups/g1/cmd", root()),
+        format!("{}/meta/request/info", root()),
+        format!("{}/meta/request/devices_list", root()),
+    ];
+    // What the web UI's "clear topics" sends (empty, retained, QoS 0), and blank variants.
+    for t in &requests {
+        broker.publish(t, "", 0, true);
+        broker.publish(t, " \n\t ", 1, false);
+    }
+    // A sentinel after them, with a numeric id as a JSON number.
+    broker.publish(
+        &dev_topic("d1", "cmd"),
+        r#"{"id":7,"values":{"on":true}}"#,
+        1,
+        false,
+    );
+    let mut before = Vec::new();
+    let c = loop {
+        let v = p.recv();
+        if v["op"] == "cmd" && v["cmd_id"] == "7" {
+            break v;
+        }
+        before.push(v);
+    };
+    assert!(before.is_empty(), "reached the program: {before:?}");
+    assert_eq!(c["values"], json!({"on":true}));
+    let r = p.call(json!({"op":"cmd_result","device_id":"d1","cmd_id":"7","status":"success"}));
+    assert_eq!(r["op"], "ok", "{r}");
+    let resp = json_on(&sub, &dev_topic("d1", "cmd/response"), |_| true);
+    assert_eq!(resp["cmd_id"], json!(7), "echoed as a number: {resp}");
+    // Everything the bridge published before the sentinel's response is in by now: no
+    // response, error or meta answer to any of the empty requests.
+    let answers: Vec<_> = sub
+        .messages()
+        .into_iter()
+        .filter(|(t, _)| {
+            t.starts_with(&root())
+                && (t.ends_with("/cmd/response") || t.ends_with("/error") || t.contains("/meta/"))
+                && !t.contains("/meta/request/")
+        })
+        .collect();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+}
+
 #[test]
 fn group_commands_expand_to_enabled_members() {
     let Some((broker, _app, bridge, _sub)) = setup() else {
@@ -667,7 +784,7 @@ fn meta_requests_are_answered_by_the_bridge_unless_a_program_claims_them() {
     sub.wait_for(&dev_topic("d1", "availability"), |p| p == "online");
     broker.publish(
         &format!("{}/meta/request/devices_list", root()),
-        "",
+        "{}",
         1,
         false,
     );
