@@ -48,8 +48,19 @@ const QUICK_DROP: Duration = Duration::from_secs(3);
 const QUICK_DROPS_BEFORE_DIAGNOSIS: u32 = 3;
 /// A connection that lived this long resets the reconnect backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
-/// Bound on waiting for the PUBACK of the final `offline`.
-const STOP_ACK_WAIT: Duration = Duration::from_secs(3);
+/// Extra in-flight slots only the priority lane (status, availability) may use, so a full
+/// window of unacknowledged backlog cannot hold the final `offline` back. `WINDOW` plus this
+/// stays below rumqttc's inflight limit.
+const PRIORITY_RESERVE: usize = 16;
+/// Bound on waiting for the PUBACK of the final `offline`. Without it the connection is closed
+/// without DISCONNECT, so that the broker publishes the Last Will instead.
+const STOP_ACK_WAIT: Duration = Duration::from_millis(2000);
+/// Bound on waiting for the broker to close the connection after a clean DISCONNECT.
+const STOP_CLOSE_WAIT: Duration = Duration::from_millis(500);
+/// The longest the bridge takes from its stop signal to its exit; it must stay below the
+/// bridge program's `stopwaitsecs` (3 s, `sv_runtime::supervisor::add_bridge_program`), or
+/// the supervisor's SIGKILL would decide the outcome.
+pub(crate) const STOP_BUDGET: Duration = STOP_ACK_WAIT.saturating_add(STOP_CLOSE_WAIT);
 /// Longest pause between attempts while the broker cannot be reached. An attempt against a
 /// broker that is down is refused at once and costs it nothing, and the instance must be back
 /// `online` within about a second of the broker's return, so waiting longer only delays that.
@@ -154,6 +165,9 @@ pub(crate) struct Engine {
     counters: BridgeStats,
     // Connection.
     client: Option<AsyncClient>,
+    /// The task driving the current connection: aborting it closes the socket without a
+    /// DISCONNECT packet.
+    driver: Option<tokio::task::JoinHandle<()>>,
     generation: u64,
     connected: bool,
     connected_at: Option<Instant>,
@@ -285,6 +299,7 @@ impl Engine {
             drop_episode: false,
             counters: BridgeStats::default(),
             client: None,
+            driver: None,
             generation: 0,
             connected: false,
             connected_at: None,
@@ -330,7 +345,12 @@ impl Engine {
         let mut net = el.network_options();
         net.set_tcp_nodelay(true);
         el.set_network_options(net);
-        tokio::spawn(drive(el, self.generation, self.s.port, self.ev_tx.clone()));
+        self.driver = Some(tokio::spawn(drive(
+            el,
+            self.generation,
+            self.s.port,
+            self.ev_tx.clone(),
+        )));
         self.client = Some(client);
         self.connected = false;
         tracing::debug!(generation = self.generation, "connecting to broker");
@@ -470,10 +490,15 @@ impl Engine {
             return;
         }
         let Some(client) = &self.client else { return };
-        while self.inflight < WINDOW {
-            let Some((id, msg)) = self.outbox.next_unsent() else {
-                break;
+        while let Some((id, msg)) = self.outbox.next_unsent() {
+            let window = if self.outbox.is_priority(id) {
+                WINDOW + PRIORITY_RESERVE
+            } else {
+                WINDOW
             };
+            if self.inflight >= window {
+                break;
+            }
             let (qos, topic, retain, payload) =
                 (msg.qos, msg.topic.clone(), msg.retain, msg.payload.clone());
             match client.try_publish(topic, qos_of(qos), retain, payload) {
@@ -492,16 +517,38 @@ impl Engine {
 
     /// Queues one message. Topic and size were validated by the caller or are ours.
     fn publish(&mut self, topic: String, payload: Vec<u8>, qos: u8, retain: bool) -> bool {
+        self.publish_in_lane(topic, payload, qos, retain, false)
+    }
+
+    /// Queues a retained QoS 1 status-like message (instance status, device availability) in
+    /// the outbox's priority lane, ahead of any backlog.
+    fn publish_priority(&mut self, topic: String, payload: &str) -> bool {
+        self.publish_in_lane(topic, payload.as_bytes().to_vec(), 1, true, true)
+    }
+
+    fn publish_in_lane(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+        retain: bool,
+        priority: bool,
+    ) -> bool {
         if !valid_topic(&topic) || topic.len() + payload.len() > self.max_packet {
             tracing::warn!(topic = %topic, bytes = payload.len(), "message not publishable (invalid topic or too large)");
             return false;
         }
-        let (_, outcome) = self.outbox.push(Message {
+        let msg = Message {
             topic,
             payload,
             qos,
             retain,
-        });
+        };
+        let (_, outcome) = if priority {
+            self.outbox.push_priority(msg)
+        } else {
+            self.outbox.push(msg)
+        };
         if outcome.dropped > 0 && !self.drop_episode {
             self.drop_episode = true;
             tracing::warn!(
@@ -540,15 +587,20 @@ impl Engine {
             let payload = if want { "online" } else { "offline" };
             tracing::info!(status = payload, "instance status");
             let topic = self.topics.status();
-            self.publish(topic, payload.as_bytes().to_vec(), 1, true);
+            self.publish_priority(topic, payload);
         }
     }
 
+    /// Publishes the final `offline` ahead of any backlog and waits (bounded) for its PUBACK.
+    /// Acknowledged: a clean DISCONNECT. Not acknowledged: the connection is closed without
+    /// DISCONNECT, because a clean DISCONNECT makes the broker discard the Last Will and the
+    /// retained status would stay `online`; an unclean close makes it publish the Will
+    /// (`offline`). Takes at most [`STOP_BUDGET`].
     async fn stop(&mut self, ev_rx: &mut mpsc::Receiver<MqttEv>) {
         if !self.connected {
             return;
         }
-        let (id, _) = self.outbox.push(Message {
+        let (id, _) = self.outbox.push_priority(Message {
             topic: self.topics.status(),
             payload: b"offline".to_vec(),
             qos: 1,
@@ -559,16 +611,35 @@ impl Engine {
         while self.connected && self.outbox_contains(id) {
             tokio::select! {
                 Some(ev) = ev_rx.recv() => self.on_mqtt(ev),
-                () = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!("no acknowledgement for the final offline status");
-                    break;
-                }
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
+        if self.outbox_contains(id) {
+            tracing::warn!(
+                "no acknowledgement for the final offline status; closing the connection without DISCONNECT so that the broker publishes the Last Will"
+            );
+            self.client = None;
+            if let Some(driver) = self.driver.take() {
+                driver.abort();
+                // Resolves once the task, and with it the socket, is gone.
+                let _ = driver.await;
+            }
+        } else {
+            self.disconnect_cleanly(ev_rx).await;
+        }
+        if !self.outbox.is_empty() {
+            tracing::warn!(
+                unsent = self.outbox.len(),
+                "stopping with unacknowledged messages"
+            );
+        }
+    }
+
+    async fn disconnect_cleanly(&mut self, ev_rx: &mut mpsc::Receiver<MqttEv>) {
         if let Some(c) = &self.client {
             let _ = c.try_disconnect();
         }
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = Instant::now() + STOP_CLOSE_WAIT;
         while self.client.is_some() {
             tokio::select! {
                 Some(ev) = ev_rx.recv() => {
@@ -578,12 +649,6 @@ impl Engine {
                 }
                 () = tokio::time::sleep_until(deadline) => break,
             }
-        }
-        if !self.outbox.is_empty() {
-            tracing::warn!(
-                unsent = self.outbox.len(),
-                "stopping with unacknowledged messages"
-            );
         }
     }
 
@@ -879,8 +944,7 @@ impl Engine {
                 {
                     self.availability.insert(device_id.clone(), online);
                     let t = self.topics.device(&device_id, "availability");
-                    let p = if online { "online" } else { "offline" };
-                    self.publish(t, p.as_bytes().to_vec(), 1, true);
+                    self.publish_priority(t, if online { "online" } else { "offline" });
                 }
                 Ok(())
             }

@@ -33,6 +33,9 @@ use serde::{Deserialize, Serialize};
 pub use cli::{log_level, main_bridge, main_listen, main_publish};
 pub use settings::{Secret, Settings, SettingsError, default_socket_path, socket_path};
 
+/// The longest the bridge takes from its stop signal to its exit (final `offline` included).
+pub const STOP_BUDGET: std::time::Duration = engine::STOP_BUDGET;
+
 /// What the bridge needs to know about the supervisor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SupervisorView {
@@ -88,8 +91,9 @@ pub enum BridgeError {
     UnknownGroup(String),
 }
 
-/// Runs the bridge until `shutdown` resolves; then publishes `offline`, waits (bounded) for its
-/// PUBACK and disconnects. `supervisor` feeds the program table (it gates `online` and maps
+/// Runs the bridge until `shutdown` resolves; then publishes `offline` ahead of any backlog,
+/// waits (bounded) for its PUBACK and disconnects, or closes the connection without DISCONNECT
+/// when the PUBACK did not come, so that the broker publishes the Last Will ([`STOP_BUDGET`]). `supervisor` feeds the program table (it gates `online` and maps
 /// peers to program names); `ready` receives `ready` ops of identified programs.
 pub async fn run(
     settings: Settings,

@@ -12,9 +12,12 @@
 //! state updates during an outage from evicting other messages; and since retained messages are
 //! at most one per topic, preferring to drop the others keeps a flood of events from evicting
 //! the newest state, which the broker would otherwise go on serving stale.
+//! Messages pushed with [`Outbox::push_priority`] (the instance status, device availability)
+//! leave before every unsent ordinary message, in their own order: a backlog of state must not
+//! hold back the final `offline`.
 //! Pure data structure: no IO, no clock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,7 @@ impl Message {
 struct Entry {
     msg: Message,
     sent: bool,
+    priority: bool,
 }
 
 /// What [`Outbox::push`] did besides queueing.
@@ -58,6 +62,8 @@ pub struct Outbox {
     /// a window of sent, unacknowledged messages is not rescanned for every message.
     unsent_from: u64,
     unsent_retained: HashMap<String, u64>,
+    /// Unsent priority messages, oldest first.
+    unsent_priority: BTreeSet<u64>,
     next_id: u64,
     bytes: usize,
     max_messages: usize,
@@ -72,6 +78,7 @@ impl Outbox {
             entries: BTreeMap::new(),
             unsent_from: 0,
             unsent_retained: HashMap::new(),
+            unsent_priority: BTreeSet::new(),
             next_id: 1,
             bytes: 0,
             max_messages: max_messages.max(1),
@@ -107,6 +114,20 @@ impl Outbox {
 
     /// Queues `msg`; returns its id and what else happened.
     pub fn push(&mut self, msg: Message) -> (u64, PushOutcome) {
+        self.push_in_lane(msg, false)
+    }
+
+    /// Queues `msg` ahead of every unsent ordinary message (behind earlier priority ones).
+    pub fn push_priority(&mut self, msg: Message) -> (u64, PushOutcome) {
+        self.push_in_lane(msg, true)
+    }
+
+    /// Whether `id` is a held message of the priority lane.
+    pub fn is_priority(&self, id: u64) -> bool {
+        self.entries.get(&id).is_some_and(|e| e.priority)
+    }
+
+    fn push_in_lane(&mut self, msg: Message, priority: bool) -> (u64, PushOutcome) {
         let mut outcome = PushOutcome::default();
         if msg.retain
             && let Some(old) = self.unsent_retained.remove(&msg.topic)
@@ -120,7 +141,17 @@ impl Outbox {
         if msg.retain {
             self.unsent_retained.insert(msg.topic.clone(), id);
         }
-        self.entries.insert(id, Entry { msg, sent: false });
+        if priority {
+            self.unsent_priority.insert(id);
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                msg,
+                sent: false,
+                priority,
+            },
+        );
         while self.entries.len() > self.max_messages
             || (self.bytes > self.max_bytes && self.entries.len() > 1)
         {
@@ -142,14 +173,21 @@ impl Outbox {
     fn remove(&mut self, id: u64) -> Option<Message> {
         let e = self.entries.remove(&id)?;
         self.bytes -= e.msg.size();
+        self.unsent_priority.remove(&id);
         if e.msg.retain && self.unsent_retained.get(&e.msg.topic) == Some(&id) {
             self.unsent_retained.remove(&e.msg.topic);
         }
         Some(e.msg)
     }
 
-    /// The oldest message not yet handed to the connection.
+    /// The next message to hand to the connection: the oldest unsent priority message, else the
+    /// oldest unsent one.
     pub fn next_unsent(&self) -> Option<(u64, &Message)> {
+        if let Some(id) = self.unsent_priority.first()
+            && let Some(e) = self.entries.get(id)
+        {
+            return Some((*id, &e.msg));
+        }
         self.entries
             .range(self.unsent_from..)
             .find(|(_, e)| !e.sent)
@@ -162,6 +200,7 @@ impl Outbox {
             return;
         };
         e.sent = true;
+        self.unsent_priority.remove(&id);
         if e.msg.retain && self.unsent_retained.get(&e.msg.topic) == Some(&id) {
             self.unsent_retained.remove(&e.msg.topic);
         }
@@ -193,8 +232,12 @@ impl Outbox {
         self.unsent_from = 0;
         let mut newest: HashMap<String, u64> = HashMap::new();
         let mut superseded = Vec::new();
+        self.unsent_priority.clear();
         for (id, e) in self.entries.iter_mut() {
             e.sent = false;
+            if e.priority {
+                self.unsent_priority.insert(*id);
+            }
             if e.msg.retain
                 && let Some(old) = newest.insert(e.msg.topic.clone(), *id)
             {
@@ -284,6 +327,27 @@ mod tests {
         }
         assert_eq!(o.dropped_total(), 8);
         assert_eq!(drain(&mut o), ["a1", "e8", "e9"]);
+    }
+
+    #[test]
+    fn priority_messages_leave_before_the_backlog_and_survive_a_requeue() {
+        let mut o = Outbox::new(100, 1 << 20);
+        for i in 0..3 {
+            o.push(m(&format!("s/{i}"), &format!("s{i}"), true));
+        }
+        let (first, _) = o.next_unsent().unwrap();
+        o.mark_sent(first);
+        o.push_priority(m("status", "online", true));
+        let (_, out) = o.push_priority(m("status", "offline", true));
+        assert!(out.coalesced, "an unsent status is superseded");
+        o.push_priority(m("avail", "offline", true));
+        let (id, msg) = o.next_unsent().unwrap();
+        assert_eq!(msg.payload, b"offline");
+        assert!(o.is_priority(id));
+        o.mark_sent(id);
+        // Lost connection: the priority lane goes first again, then the backlog in order.
+        o.requeue_all();
+        assert_eq!(drain(&mut o), ["offline", "offline", "s0", "s1", "s2"]);
     }
 
     #[test]

@@ -417,6 +417,73 @@ fn last_will_offline_when_the_bridge_process_is_killed() {
     });
 }
 
+/// Sends `sig` to the broker process (SIGSTOP pauses it: connections stay open, nothing is read).
+fn signal_broker(broker: &Mosquitto, sig: nix::sys::signal::Signal) {
+    let pid = broker.pid().expect("broker running") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+#[test]
+fn status_ends_offline_when_the_broker_stalls_behind_a_backlog_at_stop() {
+    use nix::sys::signal::Signal;
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    let sub = subscriber(&broker);
+    let socket = app.path().join("bridge.sock");
+    let log = app.path().join("bridge.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sv-bridge-test"))
+        .envs(env_for(app.path(), broker.port))
+        // Long enough that neither side gives up on the other's silence during the test: the
+        // outcome must come from the bridge's stop, not from a keepalive timeout.
+        .env("MQTT_KEEPALIVE", "120")
+        .env("SV_BRIDGE_TEST_SOCKET", &socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let topic = format!("{}/status", root());
+    sub.wait_for(&topic, |p| p == "online");
+    let mut p = Prog::connect(&socket);
+    signal_broker(&broker, Signal::SIGSTOP);
+    // A program goes on publishing state: a QoS 1 backlog the broker does not acknowledge.
+    for i in 0..200 {
+        let r = p.call(json!({"op":"state","device_id":format!("dev{i}"),"state":{"n":i}}));
+        assert_eq!(r["op"], "ok", "{r}");
+    }
+    p.send(&json!({"op":"stats"}));
+    let stats = p.recv_op("stats");
+    assert!(
+        stats["stats"]["outbox_messages"].as_u64() >= Some(200),
+        "{stats}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    // The broker resumes once the bridge has given up waiting for the PUBACK of `offline`,
+    // while the bridge still holds the connection: whatever the bridge did then (a clean
+    // DISCONNECT would suppress the Last Will) is what the broker now reads.
+    wait_until("the bridge giving up on the final offline", || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("no acknowledgement for the final offline status"))
+    });
+    signal_broker(&broker, Signal::SIGCONT);
+    let exit = wait_for("the bridge to exit", WAIT, || child.try_wait().unwrap());
+    assert!(exit.success(), "{exit}");
+    wait_until("status offline", || {
+        status(&sub).last().map(String::as_str) == Some("offline")
+    });
+    // And that is what the broker keeps: a new subscriber gets the retained status.
+    let retained = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args(["-t", &topic, "-C", "1", "-W", "30"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&retained.stdout).trim(), "offline");
+}
+
 #[test]
 fn state_event_error_and_telemetry_topics_and_payloads() {
     let Some((_broker, _app, _bridge, sub)) = setup() else {

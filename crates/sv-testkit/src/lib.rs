@@ -185,6 +185,11 @@ impl Mosquitto {
         self.child = Some(child);
     }
 
+    /// The broker's process id while it runs (to pause it with SIGSTOP, for instance).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the broker (SIGKILL) and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
