@@ -34,6 +34,12 @@ pub enum ErrorCode {
     /// The device is claimed by another program's `hello`, and this program's `bridge_publish`
     /// does not cover it.
     DeviceClaimed,
+    /// A new device id would exceed `max_devices`.
+    TooManyDevices,
+    /// The connection holds `max_subscriptions` subscriptions already.
+    TooManySubscriptions,
+    /// The socket has `max_connections` connections already (then the connection is closed).
+    TooManyConnections,
 }
 
 impl ErrorCode {
@@ -50,6 +56,9 @@ impl ErrorCode {
             ErrorCode::UnknownCommand => "unknown_command",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::DeviceClaimed => "device_claimed",
+            ErrorCode::TooManyDevices => "too_many_devices",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::TooManyConnections => "too_many_connections",
         }
     }
 }

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::codec::{CmdStatus, DeviceSet, ErrorCode, Op, Reply, Request, encode_reply};
+use crate::merge;
 use crate::outbox::{Message, Outbox};
 use crate::quickack::BrokerSocket;
 use crate::settings::Settings;
@@ -217,6 +218,7 @@ pub(crate) async fn run(
     let acceptor = tokio::spawn(server::accept_loop(
         listener,
         s.max_line_bytes,
+        s.max_connections,
         conn_tx.clone(),
     ));
     drop(conn_tx);
@@ -891,6 +893,7 @@ impl Engine {
                         for d in &list {
                             self.check_owner(conn, d)?;
                         }
+                        self.check_new_claims(&list)?;
                         for d in list {
                             if let Some(old) = self.handlers.insert(d.clone(), conn)
                                 && old != conn
@@ -916,23 +919,34 @@ impl Engine {
                 // The message's values move into the cached state; only per-property topics,
                 // published after the merge, need a copy of them.
                 let props = self.s.property_topics.then(|| state.clone());
-                let full = self.states.entry(device_id.clone()).or_default();
-                if replace {
-                    full.clear();
-                }
-                full.extend(state);
+                let cached = self.states.remove(&device_id);
+                let existed = cached.is_some();
+                let mut full = match cached {
+                    Some(full) => full,
+                    None if self.states.len() >= self.s.max_devices => {
+                        return Err(self.too_many_devices(1));
+                    }
+                    None => Map::new(),
+                };
+                let undo = merge::merge(&mut full, state, replace);
                 // Serialised straight from the cached state: the hot path of a busy device
                 // makes no copy of it.
                 let envelope = serde_json::to_vec(&StateEnvelope {
                     device_id: &device_id,
-                    state: full,
+                    state: &full,
                     timestamp: &now,
                 });
                 let online = full.get("online").and_then(Value::as_bool);
                 let topic = self.topics.device(&device_id, "state");
                 if !envelope.is_ok_and(|e| self.publish(topic, e, qos, self.s.retain)) {
+                    // Not published, so not kept: the next update must not carry these values.
+                    undo.revert(&mut full);
+                    if existed {
+                        self.states.insert(device_id, full);
+                    }
                     return Err((ErrorCode::BadRequest, "state too large to publish".into()));
                 }
+                self.states.insert(device_id.clone(), full);
                 for (k, v) in props.iter().flatten() {
                     if valid_segment(k) {
                         let t = self.topics.device(&device_id, &format!("state/{k}"));
@@ -1062,19 +1076,29 @@ impl Engine {
                         format!("invalid topic filter {topic:?}"),
                     ));
                 }
+                let max = self.s.max_subscriptions;
                 let c = self
                     .conns
                     .get_mut(&conn)
                     .ok_or((ErrorCode::Unavailable, "connection closed".into()))?;
-                if !c.subs.contains(&topic) {
-                    c.subs.push(topic.clone());
+                let new = !c.subs.contains(&topic);
+                if new && c.subs.len() >= max {
+                    return Err((
+                        ErrorCode::TooManySubscriptions,
+                        format!(
+                            "this connection already has {max} subscriptions (max_subscriptions)"
+                        ),
+                    ));
                 }
                 if self.connected
                     && let Some(client) = &self.client
                 {
                     client
-                        .try_subscribe(topic, QoS::AtLeastOnce)
+                        .try_subscribe(topic.clone(), QoS::AtLeastOnce)
                         .map_err(|_| (ErrorCode::Overloaded, "subscription queue full".into()))?;
+                }
+                if new {
+                    c.subs.push(topic);
                 }
                 Ok(())
             }
@@ -1112,6 +1136,29 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Refuses a `hello` whose devices not yet claimed would take the claims past
+    /// `max_devices`.
+    fn check_new_claims(&self, list: &[String]) -> Result<(), (ErrorCode, String)> {
+        let new: std::collections::HashSet<&String> = list
+            .iter()
+            .filter(|d| !self.handlers.contains_key(*d))
+            .collect();
+        if self.handlers.len() + new.len() > self.s.max_devices {
+            return Err(self.too_many_devices(new.len()));
+        }
+        Ok(())
+    }
+
+    fn too_many_devices(&self, new: usize) -> (ErrorCode, String) {
+        (
+            ErrorCode::TooManyDevices,
+            format!(
+                "{new} more device id(s) would exceed max_devices ({})",
+                self.s.max_devices
+            ),
+        )
     }
 
     fn checked(

@@ -22,6 +22,7 @@ pub mod topics;
 mod cli;
 mod control;
 mod engine;
+mod merge;
 mod quickack;
 mod server;
 

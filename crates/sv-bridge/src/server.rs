@@ -5,7 +5,9 @@
 //! the next newline and answered with `line_too_long`); a reader waits while the engine's input
 //! queue is full, which slows a flooding program down without affecting others; each connection
 //! has its own write queue, bounded in lines ([`WRITE_QUEUE`]) and bytes ([`WRITE_QUEUE_BYTES`]),
-//! so a program that does not read only loses its own messages and costs bounded memory.
+//! so a program that does not read only loses its own messages and costs bounded memory; at most
+//! `max_connections` connections are served at once (one more is told `too_many_connections`
+//! and closed), so connecting in a loop costs bounded memory too.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -83,15 +85,36 @@ fn set_permissions(path: &Path, mode: u32, group: Option<&str>) -> Result<(), Br
 pub(crate) async fn accept_loop(
     listener: UnixListener,
     max_line: usize,
+    max_connections: usize,
     to_engine: mpsc::Sender<FromConn>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut next = 0u64;
+    // Logged once per episode: a program connecting in a loop would flood the log.
+    let mut refusing = false;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                next += 1;
-                tokio::spawn(serve(stream, next, max_line, to_engine.clone()));
-            }
+            Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    refusing = false;
+                    next += 1;
+                    let to_engine = to_engine.clone();
+                    tokio::spawn(async move {
+                        serve(stream, next, max_line, to_engine).await;
+                        drop(slot);
+                    });
+                }
+                Err(_) => {
+                    if !refusing {
+                        refusing = true;
+                        tracing::warn!(
+                            max_connections,
+                            "bridge socket full: refusing connections (too_many_connections)"
+                        );
+                    }
+                    refuse(&stream, max_connections);
+                }
+            },
             Err(e) => {
                 // EMFILE/ENFILE: pausing lets other connections close instead of spinning.
                 tracing::warn!(error = %e, "accepting a bridge connection failed");
@@ -99,6 +122,17 @@ pub(crate) async fn accept_loop(
             }
         }
     }
+}
+
+/// Tells a connection past `max_connections` why it is closed. A fresh socket's send buffer is
+/// empty, so the one short line is written without waiting; the acceptor never blocks on it.
+fn refuse(stream: &UnixStream, max: usize) {
+    let reply = Reply::error(
+        None,
+        ErrorCode::TooManyConnections,
+        format!("the bridge already serves {max} connections (max_connections)"),
+    );
+    let _ = stream.try_write(crate::codec::encode_reply(&reply).as_bytes());
 }
 
 async fn serve(stream: UnixStream, conn: u64, max_line: usize, to_engine: mpsc::Sender<FromConn>) {

@@ -173,6 +173,12 @@ pub struct Settings {
     pub outbox_max_messages: usize,
     /// Outbox bound in payload + topic bytes.
     pub outbox_max_bytes: usize,
+    /// Device ids with a cached state, and device ids claimed by `hello`s (each bound).
+    pub max_devices: usize,
+    /// Raw subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Simultaneous connections on the bridge socket.
+    pub max_connections: usize,
     /// Older commands are rejected.
     pub max_command_age: Duration,
     /// Timeout of a command that carries none.
@@ -709,6 +715,9 @@ impl Settings {
                 .outbox_max_bytes
                 .unwrap_or(16 * 1024 * 1024)
                 .max(1024),
+            max_devices: section.max_devices.unwrap_or(10_000),
+            max_subscriptions: section.max_subscriptions.unwrap_or(256),
+            max_connections: section.max_connections.unwrap_or(256),
             max_command_age: section.max_command_age.unwrap_or(Duration::from_secs(30)),
             default_command_timeout: Duration::from_millis(5000),
             property_topics: section.property_topics.unwrap_or(true),

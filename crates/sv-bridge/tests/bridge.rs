@@ -817,6 +817,133 @@ fn empty_requests_from_clear_topics_reach_no_program_and_a_numeric_id_stays_a_nu
 }
 
 #[test]
+fn device_ids_past_max_devices_are_refused_and_known_ones_still_update() {
+    let Some((_broker, _app, bridge, sub)) = setup_with(BridgeSection {
+        max_devices: Some(3),
+        ..BridgeSection::default()
+    }) else {
+        return;
+    };
+    let mut p = bridge.connect();
+    let state = |d: &str, n: i64| json!({"op":"state","device_id":d,"state":{"n":n}});
+    for d in ["d1", "d2", "x1"] {
+        assert_eq!(p.call(state(d, 1))["op"], "ok");
+    }
+    let r = p.call(state("x2", 1));
+    assert_eq!(r["code"], "too_many_devices", "{r}");
+    assert_eq!(p.call(state("d1", 2))["op"], "ok", "a known device");
+    json_on(&sub, &dev_topic("d1", "state"), |v| v["state"]["n"] == 2);
+    assert!(payloads(&sub, &dev_topic("x2", "state")).is_empty());
+
+    // Claims are bounded the same way, all or nothing.
+    let mut q = bridge.connect();
+    assert_eq!(
+        q.call(json!({"op":"hello","devices":["a","b","c"]}))["op"],
+        "ok"
+    );
+    let r = q.call(json!({"op":"hello","devices":["a","z"]}));
+    assert_eq!(r["code"], "too_many_devices", "{r}");
+    assert_eq!(
+        q.call(json!({"op":"hello","devices":["a","b"]}))["op"],
+        "ok"
+    );
+    // "z" was not claimed: another program may speak for it.
+    assert_eq!(
+        p.call(json!({"op":"event","device_id":"z","event":"e"}))["op"],
+        "ok"
+    );
+}
+
+#[test]
+fn a_state_that_cannot_be_published_is_not_kept() {
+    let Some((_broker, _app, bridge, sub)) = setup() else {
+        return;
+    };
+    let mut p = bridge.connect();
+    // Within the line limit each, together past the largest publishable message (1 MiB).
+    let chunk = "x".repeat(60 * 1024);
+    let mut refused = None;
+    for i in 0..40 {
+        let key = format!("k{i}");
+        let r = p.call(json!({"op":"state","device_id":"d1","state":{key.clone(): chunk}}));
+        if r["op"] == "error" {
+            assert_eq!(r["code"], "bad_request", "{r}");
+            refused = Some(key);
+            break;
+        }
+    }
+    let refused = refused.expect("a state past the packet size is refused");
+    let r = p.call(json!({"op":"state","device_id":"d1","state":{"small":1}}));
+    assert_eq!(
+        r["op"], "ok",
+        "the cached state does not hold the refused value: {r}"
+    );
+    let v = json_on(&sub, &dev_topic("d1", "state"), |v| {
+        v["state"]["small"] == 1
+    });
+    assert!(
+        v["state"].get(&refused).is_none(),
+        "refused key {refused} was kept"
+    );
+    assert!(v["state"].get("k0").is_some(), "earlier values are kept");
+}
+
+#[test]
+fn subscriptions_past_max_subscriptions_are_refused_per_connection() {
+    let Some((_broker, _app, bridge, _sub)) = setup_with(BridgeSection {
+        max_subscriptions: Some(2),
+        ..BridgeSection::default()
+    }) else {
+        return;
+    };
+    let mut p = bridge.connect();
+    let sub = |t: &str| json!({"op":"subscribe","topic":t});
+    assert_eq!(p.call(sub("a/#"))["op"], "ok");
+    assert_eq!(p.call(sub("b/#"))["op"], "ok");
+    assert_eq!(
+        p.call(sub("a/#"))["op"],
+        "ok",
+        "a repeated filter is not a new one"
+    );
+    let r = p.call(sub("c/#"));
+    assert_eq!(r["code"], "too_many_subscriptions", "{r}");
+    let mut q = bridge.connect();
+    assert_eq!(
+        q.call(sub("c/#"))["op"],
+        "ok",
+        "another connection has its own"
+    );
+}
+
+#[test]
+fn connections_past_max_connections_get_an_error_line_and_are_closed() {
+    let Some((_broker, _app, bridge, _sub)) = setup_with(BridgeSection {
+        max_connections: Some(3),
+        ..BridgeSection::default()
+    }) else {
+        return;
+    };
+    let mut progs: Vec<Prog> = (0..3).map(|_| bridge.connect()).collect();
+    for p in &mut progs {
+        assert_eq!(p.call(json!({"op":"ping"}))["op"], "ok");
+    }
+    let mut extra = bridge.connect();
+    let r = extra.recv();
+    assert_eq!(r["op"], "error");
+    assert_eq!(r["code"], "too_many_connections", "{r}");
+    let mut rest = String::new();
+    assert_eq!(extra.reader.read_line(&mut rest).unwrap(), 0, "then closed");
+    // A slot freed by a closing program is served again.
+    drop(progs.pop());
+    let mut again = wait_for("a free connection slot", WAIT, || {
+        let mut p = bridge.connect();
+        p.send(&json!({"op":"ping","id":1}));
+        (p.recv()["op"] == "ok").then_some(p)
+    });
+    assert_eq!(again.call(json!({"op":"ping"}))["op"], "ok");
+}
+
+#[test]
 fn group_commands_expand_to_enabled_members() {
     let Some((broker, _app, bridge, _sub)) = setup() else {
         return;

@@ -40,6 +40,9 @@ impl BridgeProc {
             .env("MQTT_PORT", broker.port.to_string())
             .env("MQTT_BASE_TOPIC", BASE)
             .env("SV_BRIDGE_TEST_SOCKET", &socket)
+            // Above the default `max_connections` (256): these tests load the bridge with a
+            // thousand clients at once.
+            .env("SV_BRIDGE_TEST_MAX_CONNECTIONS", "2000")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

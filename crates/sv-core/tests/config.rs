@@ -438,6 +438,9 @@ socket_mode = "0660"
 max_line_bytes = 65536
 outbox_max_messages = 100
 outbox_max_bytes = 1048576
+max_devices = 5000
+max_subscriptions = 64
+max_connections = 32
 max_command_age = "30s"
 property_topics = false
 tls = true
@@ -474,6 +477,9 @@ depends_on = ["bridge"]
             max_line_bytes: Some(65536),
             outbox_max_messages: Some(100),
             outbox_max_bytes: Some(1048576),
+            max_devices: Some(5000),
+            max_subscriptions: Some(64),
+            max_connections: Some(32),
             max_command_age: Some(Duration::from_secs(30)),
             property_topics: Some(false),
             tls: Some(true),

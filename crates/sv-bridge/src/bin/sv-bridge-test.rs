@@ -2,7 +2,8 @@
 //! prove the Last Will) or run the `publish` verb in a child process.
 //!
 //! `sv-bridge-test` resolves settings from the environment like the real bridge (plus
-//! `SV_BRIDGE_TEST_SOCKET` for the socket path), takes the supervisor view from the JSON in
+//! `SV_BRIDGE_TEST_SOCKET` for the socket path and `SV_BRIDGE_TEST_MAX_CONNECTIONS` for
+//! `max_connections`), takes the supervisor view from the JSON in
 //! `SV_BRIDGE_TEST_VIEW` (default: no programs) and runs until SIGTERM/SIGINT.
 //! `sv-bridge-test publish KIND ...` runs the `publish` verb and `sv-bridge-test bridge -c CONFIG`
 //! the real entry point ([`sv_bridge::main_bridge`]). Not installed in images.
@@ -27,6 +28,7 @@ fn main() {
     let env = |k: &str| std::env::var(k).ok();
     let section = sv_core::config::BridgeSection {
         socket: std::env::var_os("SV_BRIDGE_TEST_SOCKET").map(PathBuf::from),
+        max_connections: env("SV_BRIDGE_TEST_MAX_CONNECTIONS").and_then(|v| v.parse().ok()),
         ..Default::default()
     };
     let settings = match sv_bridge::Settings::resolve(&section, &env) {

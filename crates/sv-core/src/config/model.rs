@@ -348,6 +348,12 @@ pub struct BridgeSection {
     pub outbox_max_messages: Option<usize>,
     /// `outbox_max_bytes`: default 16 MiB.
     pub outbox_max_bytes: Option<usize>,
+    /// `max_devices`: device ids the bridge keeps state or a claim for. Default 10 000.
+    pub max_devices: Option<usize>,
+    /// `max_subscriptions`: raw subscriptions per connection. Default 256.
+    pub max_subscriptions: Option<usize>,
+    /// `max_connections`: simultaneous connections on the bridge socket. Default 256.
+    pub max_connections: Option<usize>,
     /// `max_command_age`: older commands are rejected. Default 30 s.
     pub max_command_age: Option<Duration>,
     /// `property_topics`: also publish `state/{prop}` per top-level state key. Default true.
