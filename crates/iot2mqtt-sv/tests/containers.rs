@@ -396,27 +396,32 @@ fn restart_on_failure_restarts_the_container_after_a_fatal_exit() {
 }
 
 /// Orphans of a program are adopted by PID 1 (the supervisor) and reaped when they exit: `ps`
-/// in the container shows them with parent 1 while alive, and no zombie afterwards.
+/// in the container shows them with parent 1 while alive, and no zombie afterwards. An orphan
+/// daemon in its own session (out of reach of the program's process group) that never exits is
+/// swept at `podman stop`, and the container still exits 0.
 #[test]
 #[ignore = "container tier: scripts/test-containers"]
 fn orphans_are_adopted_and_reaped_leaving_no_zombies() {
     let c = Container::busybox(
         r#"
 [program.forker]
-command = ["sh", "-c", "for i in 1 2 3; do (sh -c 'while [ ! -e /tmp/go ]; do sleep 0.1; done; echo orphan-done' &); done; exec sleep 1000000"]
+command = ["sh", "-c", "for i in 1 2 3; do (sh -c 'while [ ! -e /tmp/go ]; do sleep 0.1; done' &); done; (setsid sleep 999999 &); exec sleep 1000000"]
 startsecs = 0
 "#,
         &[],
     );
     let ps = || c.sh("ps -o pid,ppid,stat,args");
-    wait_for("three orphans of PID 1", LONG, || {
-        let table = ps();
-        let orphans = table
+    let orphans_of_1 = |table: &str, args: &str| {
+        table
             .lines()
-            .filter(|l| l.contains("/tmp/go"))
+            .filter(|l| l.contains(args))
             .filter(|l| l.split_whitespace().nth(1) == Some("1"))
-            .count();
-        (orphans == 3).then_some(())
+            .count()
+    };
+    wait_for("four orphans of PID 1", LONG, || {
+        let table = ps();
+        (orphans_of_1(&table, "/tmp/go") == 3 && orphans_of_1(&table, "sleep 999999") == 1)
+            .then_some(())
     });
     c.sh("touch /tmp/go");
     let table = wait_for("the orphans gone", LONG, || {
@@ -433,6 +438,14 @@ startsecs = 0
         })
         .collect();
     assert!(zombies.is_empty(), "zombies: {zombies:?}\n{table}");
+
+    c.stop();
+    assert_eq!(c.wait_exit(), 0, "logs:\n{}", c.logs());
+    let logs = c.logs();
+    assert!(
+        logs.contains("signalled leftover processes count=1"),
+        "{logs}"
+    );
 }
 
 /// The bridge's instance file for the quickstart instance, mounted where the platform puts it.
