@@ -268,6 +268,38 @@ fn quickstart_image_runs_its_programs_reports_healthy_and_publishes_state() {
     });
 }
 
+/// The static binary COPYed into a plain Debian base: Python and Node.js programs, ready by
+/// their own means (sd_notify from Python, an HTTP answer from Node.js), and the HEALTHCHECK
+/// passes. The port is the container's own: its network namespace is private.
+#[test]
+#[ignore = "container tier: scripts/test-containers"]
+fn debian_image_runs_python_and_node_programs_to_ready() {
+    let c = Container::run(
+        &image("debian"),
+        Some(
+            r#"
+[program.py]
+command = ["python3", "-c", "import os, socket, time\ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\ns.connect(os.environ['NOTIFY_SOCKET'])\ns.send(b'READY=1')\ntime.sleep(1e6)"]
+ready = { kind = "notify", timeout = "60s" }
+
+[program.js]
+command = ["node", "-e", "require('http').createServer((q, r) => r.end('ok')).listen(8080, '127.0.0.1')"]
+ready = { kind = "http", url = "http://127.0.0.1:8080/", timeout = "60s" }
+depends_on = ["py"]
+"#,
+        ),
+        &[],
+    );
+    c.wait_running(&["py", "js"]);
+    c.wait_health("healthy");
+    let status = c.exec(&["iot2mqtt-sv", "status"]);
+    assert!(
+        text(&status).contains("healthy: all critical programs ready"),
+        "{}",
+        text(&status)
+    );
+}
+
 /// Scenario 1's second half: a critical program's readiness drives the engine's health verdict
 /// both ways. The liveness probe restarts `core` when /tmp/down appears; its readiness then
 /// holds it in STARTING until the file is gone.
