@@ -16,30 +16,47 @@
 # Build from the repository root:
 #   docker build -f docker/Dockerfile -t iot2mqtt-sv .
 #   docker build -f docker/connector.Dockerfile -t my-connector .
+#
+# Build arguments (the defaults are the above; scripts/test-containers builds the same file
+# without a registry by pointing the first two at locally built images):
+#   BASE_IMAGE  the base: Debian bookworm with python3; nodejs is installed when it lacks it
+#   SV_IMAGE    an image holding the static binary at /iot2mqtt-sv (what docker/Dockerfile builds)
+#   EXAMPLE     the directory under examples/ copied to /app
+#   CONFIG      the file of that directory that becomes /etc/iot2mqtt-sv.toml
+#   docker build -f docker/connector.Dockerfile --build-arg EXAMPLE=sensor-hub \
+#     --build-arg CONFIG=iot2mqtt-sv.toml -t sensor-hub .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG SV_IMAGE=iot2mqtt-sv
+FROM ${SV_IMAGE} AS sv
 
-FROM iot2mqtt-sv AS sv
-
-FROM python:3.11-slim-bookworm
-RUN apt-get update \
+FROM ${BASE_IMAGE}
+ARG EXAMPLE=quickstart
+ARG CONFIG=iot2mqtt-sv.docker.toml
+RUN command -v node >/dev/null || { apt-get update \
  && apt-get install -y --no-install-recommends nodejs \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/*; }
 
 COPY --from=sv /iot2mqtt-sv /usr/local/bin/iot2mqtt-sv
 COPY clients/python/iot2mqtt_sv.py /app/lib/iot2mqtt_sv.py
 COPY clients/node/iot2mqtt_sv.js /app/lib/iot2mqtt_sv.js
-COPY examples/quickstart/ /app/
-COPY examples/quickstart/iot2mqtt-sv.docker.toml /etc/iot2mqtt-sv.toml
+# The same libraries where the examples' own configs look for them from a checkout
+# (`${IOT2MQTT_SV_REPO}/clients/...`), so those configs run unchanged in the image.
+COPY clients/python/iot2mqtt_sv.py /opt/iot2mqtt-sv/clients/python/iot2mqtt_sv.py
+COPY clients/node/iot2mqtt_sv.js /opt/iot2mqtt-sv/clients/node/iot2mqtt_sv.js
+COPY examples/${EXAMPLE}/ /app/
+COPY examples/${EXAMPLE}/${CONFIG} /etc/iot2mqtt-sv.toml
 
 # Programs run as an unprivileged user (per-program `user = "connector"` in the config); the
 # supervisor itself stays root so it can switch users, own /run/iot2mqtt-sv and reap everything.
 RUN useradd --system --home-dir /app --shell /usr/sbin/nologin connector \
  && mkdir -p /run/iot2mqtt-sv
 
-ENV PYTHONPATH=/app/lib NODE_PATH=/app/lib PYTHONUNBUFFERED=1
+ENV PYTHONPATH=/app/lib NODE_PATH=/app/lib PYTHONUNBUFFERED=1 IOT2MQTT_SV_REPO=/opt/iot2mqtt-sv
 WORKDIR /app
 # Fail the config check at build time rather than at the first start.
 RUN IOT2MQTT_PATH=/app INSTANCE_NAME=build-check iot2mqtt-sv check
 
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["iot2mqtt-sv", "health"]
 ENTRYPOINT ["iot2mqtt-sv", "run"]

@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sv_core::config::{self, Config, LogFormat};
-use sv_runtime::client;
 use sv_runtime::control::Request;
+use sv_runtime::{client, startup};
 
 const DEFAULT_CONFIG: &str = "/etc/iot2mqtt-sv.toml";
 
@@ -152,17 +152,18 @@ fn load(path: &Path) -> Result<Config, u8> {
 }
 
 /// The control socket for client verbs: `-s`/`$IOT2MQTT_SV_SOCKET`, else the one named in the
-/// config (if it can be read), else the default.
+/// config (if it can be read), else the default or the first of its fallbacks that exists.
 fn client_socket(cli_socket: Option<PathBuf>) -> PathBuf {
     if let Some(s) = cli_socket {
         return s;
     }
     let path = config_path(&ConfigArg { config: None });
-    std::fs::read_to_string(&path)
+    let configured = std::fs::read_to_string(&path)
         .ok()
         .and_then(|t| config::parse(&t, &path, &env).ok())
         .map(|c| c.supervisor.control_socket)
-        .unwrap_or_else(|| PathBuf::from("/run/iot2mqtt-sv/control.sock"))
+        .unwrap_or_else(|| PathBuf::from(startup::DEFAULT_CONTROL_SOCKET));
+    startup::client_socket(&configured)
 }
 
 fn init_tracing(format: LogFormat) {
@@ -193,7 +194,15 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
         Err(code) => return code,
     };
     init_tracing(cfg.supervisor.log_format);
-    let control_socket = cli_socket.unwrap_or_else(|| cfg.supervisor.control_socket.clone());
+    let refused = startup::unswitchable_users(&cfg);
+    if !refused.is_empty() {
+        for r in &refused {
+            eprintln!("iot2mqtt-sv: error: {}: {r}", path.display());
+        }
+        return 2;
+    }
+    let control_socket =
+        cli_socket.unwrap_or_else(|| startup::server_socket(&cfg.supervisor.control_socket));
     let mut extra_env = Vec::new();
     if let Some(section) = cfg.bridge.clone() {
         let socket = section

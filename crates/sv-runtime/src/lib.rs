@@ -11,5 +11,6 @@ pub mod reap;
 mod server;
 pub mod signals;
 pub mod spawn;
+pub mod startup;
 pub mod supervisor;
 pub mod usage;
