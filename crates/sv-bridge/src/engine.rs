@@ -37,6 +37,9 @@ use crate::settings::Settings;
 use crate::topics::{Inbound, Topics, matches, valid_filter, valid_segment, valid_topic};
 use crate::{BridgeError, ReadyReport, SupervisorView, server, time};
 
+mod availability;
+use availability::Availability;
+
 /// The bridge's own program name in the supervisor's table.
 const SELF_NAME: &str = "bridge";
 /// QoS ≥ 1 messages handed to rumqttc before their acknowledgement; below rumqttc's inflight
@@ -173,7 +176,7 @@ pub(crate) struct Engine {
     pending: HashMap<(String, String), Pending>,
     cmd_seq: u64,
     states: HashMap<String, Map<String, Value>>,
-    availability: HashMap<String, bool>,
+    availability: Availability,
     view: SupervisorView,
     ready_tx: mpsc::Sender<ReadyReport>,
 }
@@ -208,6 +211,8 @@ pub(crate) async fn run(
 
     let mut engine = Engine::new(s.clone(), ready, ev_tx);
     engine.view = supervisor.borrow_and_update().clone();
+    // Queued for the first connection: overwrites an `online` a crashed bridge left retained.
+    engine.refresh_availability();
     engine.connect();
     tracing::info!(socket = %s.socket.display(), host = %s.host, port = s.port, client_id = %s.client_id, "bridge started");
 
@@ -303,7 +308,7 @@ impl Engine {
             pending: HashMap::new(),
             cmd_seq: 0,
             states: HashMap::new(),
-            availability: HashMap::new(),
+            availability: Availability::default(),
             view: SupervisorView::default(),
             ready_tx,
         }
@@ -547,6 +552,7 @@ impl Engine {
         if !self.connected {
             return;
         }
+        self.devices_offline();
         let (id, _) = self.outbox.push(Message {
             topic: self.topics.status(),
             payload: b"offline".to_vec(),
@@ -630,6 +636,7 @@ impl Engine {
             self.resolve_identity(id);
         }
         self.update_status();
+        self.refresh_availability();
     }
 
     fn resolve_identity(&mut self, conn: u64) {
@@ -795,6 +802,7 @@ impl Engine {
     fn on_closed(&mut self, conn: u64) {
         let program = self.program_name(conn);
         tracing::debug!(conn, program = %program, "program disconnected");
+        let served = self.served_by(conn);
         self.conns.remove(&conn);
         self.handlers.retain(|_, c| *c != conn);
         if self.all_handler == Some(conn) {
@@ -803,6 +811,7 @@ impl Engine {
         if self.meta_handler == Some(conn) {
             self.meta_handler = None;
         }
+        self.availability_after_close(&served);
         let orphaned: Vec<(String, String)> = self
             .pending
             .iter()
@@ -847,6 +856,7 @@ impl Engine {
                 if meta {
                     self.meta_handler = Some(conn);
                 }
+                self.refresh_availability();
                 Ok(())
             }
             Op::State {
@@ -860,6 +870,7 @@ impl Engine {
                 // The message's values move into the cached state; only per-property topics,
                 // published after the merge, need a copy of them.
                 let props = self.s.property_topics.then(|| state.clone());
+                let online = state.get("online").and_then(Value::as_bool);
                 let full = self.states.entry(device_id.clone()).or_default();
                 if replace {
                     full.clear();
@@ -872,7 +883,6 @@ impl Engine {
                     state: full,
                     timestamp: &now,
                 });
-                let online = full.get("online").and_then(Value::as_bool);
                 let topic = self.topics.device(&device_id, "state");
                 if !envelope.is_ok_and(|e| self.publish(topic, e, qos, self.s.retain)) {
                     return Err((ErrorCode::BadRequest, "state too large to publish".into()));
@@ -883,13 +893,10 @@ impl Engine {
                         self.publish_json(t, v, qos, self.s.retain);
                     }
                 }
-                if let Some(online) = online
-                    && self.availability.get(&device_id) != Some(&online)
+                if online.is_some_and(|o| self.availability.report(&device_id, o))
+                    || !self.availability.is_known(&device_id)
                 {
-                    self.availability.insert(device_id.clone(), online);
-                    let t = self.topics.device(&device_id, "availability");
-                    let p = if online { "online" } else { "offline" };
-                    self.publish(t, p.as_bytes().to_vec(), 1, true);
+                    self.refresh_device(&device_id);
                 }
                 Ok(())
             }
@@ -1333,7 +1340,7 @@ impl Engine {
                     "name": d.name,
                     "model": d.model,
                     "enabled": d.enabled,
-                    "online": self.availability.get(&d.device_id).copied().unwrap_or(false),
+                    "online": self.availability.is_online(&d.device_id),
                 })
             })
             .collect();
@@ -1357,7 +1364,7 @@ impl Engine {
                 "name": null,
                 "model": null,
                 "enabled": true,
-                "online": self.availability.get(d).copied().unwrap_or(false),
+                "online": self.availability.is_online(d),
             }));
         }
         Value::Array(out)

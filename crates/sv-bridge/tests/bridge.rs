@@ -423,6 +423,7 @@ fn state_event_error_and_telemetry_topics_and_payloads() {
         return;
     };
     let mut p = Prog::connect(&_bridge.socket);
+    p.call(json!({"op":"hello","devices":["d1"]}));
     let r = p.call(json!({"op":"state","device_id":"d1","state":{"on":true,"brightness":5,"name":"x","online":true}}));
     assert_eq!(r["op"], "ok", "{r}");
     let st = json_on(&sub, &dev_topic("d1", "state"), |_| true);
@@ -439,10 +440,7 @@ fn state_event_error_and_telemetry_topics_and_payloads() {
         sub.wait_for(&dev_topic("d1", "state/name"), |_| true),
         "\"x\""
     );
-    assert_eq!(
-        sub.wait_for(&dev_topic("d1", "availability"), |_| true),
-        "online"
-    );
+    sub.wait_for(&dev_topic("d1", "availability"), |p| p == "online");
 
     // A partial update (as after a filtered get) never shrinks the retained full state.
     p.call(json!({"op":"state","device_id":"d1","state":{"brightness":7,"online":false}}));
@@ -663,6 +661,7 @@ fn meta_requests_are_answered_by_the_bridge_unless_a_program_claims_them() {
         return;
     };
     let mut p = bridge.connect();
+    p.call(json!({"op":"hello","devices":["d1"]}));
     p.call(json!({"op":"state","device_id":"d1","state":{"online":true}}));
     sub.wait_for(&dev_topic("d1", "availability"), |p| p == "online");
     broker.publish(
@@ -1253,4 +1252,126 @@ fn socket_group_sets_group_and_mode_0660() {
     let meta = std::fs::metadata(&bridge.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), gid);
+}
+
+/// The last payload seen on `topic`.
+fn last(sub: &Subscriber, topic: &str) -> Option<String> {
+    payloads(sub, topic).pop()
+}
+
+/// Waits until the last payload on `topic` is `want`.
+#[track_caller]
+fn wait_last(sub: &Subscriber, topic: &str, want: &str) {
+    wait_until(&format!("{want} on {topic}"), || {
+        last(sub, topic).as_deref() == Some(want)
+    });
+}
+
+/// Issue 13.4: availability follows the owning program's claim, readiness, reports and
+/// connection, overwrites a stale `online` left by a crash, and goes `offline` for every device
+/// before the instance's own `offline` on a graceful stop.
+#[test]
+fn device_availability_follows_the_owning_program_and_the_bridge_stop() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    // What a crashed bridge leaves behind: the Last Will covers `status`, not the devices.
+    broker.publish(&dev_topic("d2", "availability"), "online", 1, true);
+    let sub = subscriber(&broker);
+    sub.wait_for(&dev_topic("d2", "availability"), |p| p == "online");
+    let mut bridge = Bridge::start(
+        settings(app.path(), broker.port, BridgeSection::default()),
+        view(vec![me("prog", true)]),
+    );
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+    let d1 = dev_topic("d1", "availability");
+    let d2 = dev_topic("d2", "availability");
+    wait_last(&sub, &d2, "offline");
+    wait_last(&sub, &d1, "offline");
+
+    // Claimed by a connected, ready program: online, unless it reports otherwise.
+    let mut p = bridge.connect();
+    p.call(json!({"op":"hello","devices":["d1"]}));
+    wait_last(&sub, &d1, "online");
+    p.call(json!({"op":"state","device_id":"d1","state":{"online":false,"on":true}}));
+    wait_last(&sub, &d1, "offline");
+    p.call(json!({"op":"state","device_id":"d1","state":{"online":true}}));
+    wait_last(&sub, &d1, "online");
+
+    // meta/devices_list follows the same rule.
+    let list_topic = format!("{}/meta/devices_list", root());
+    broker.publish(
+        &format!("{}/meta/request/devices_list", root()),
+        "",
+        1,
+        false,
+    );
+    let l = json_on(&sub, &list_topic, |_| true);
+    assert_eq!(l[0]["online"], true, "{l}");
+    assert_eq!(l[1]["online"], false, "{l}");
+
+    // The program stops being ready (the supervisor's view): offline; ready again: online.
+    bridge.view.send_modify(|v| v.programs[0].ready = false);
+    wait_last(&sub, &d1, "offline");
+    bridge.view.send_modify(|v| v.programs[0].ready = true);
+    wait_last(&sub, &d1, "online");
+
+    // The owning program disconnects: offline at once.
+    drop(p);
+    wait_last(&sub, &d1, "offline");
+    broker.publish(
+        &format!("{}/meta/request/devices_list", root()),
+        "",
+        1,
+        false,
+    );
+    json_on(&sub, &list_topic, |l| l[0]["online"] == false);
+
+    // A catch-all claim covers the instance file's enabled devices, not the disabled one.
+    let mut p = bridge.connect();
+    p.call(json!({"op":"hello","devices":"*"}));
+    wait_last(&sub, &d1, "online");
+    wait_last(&sub, &d2, "online");
+    assert_eq!(
+        last(&sub, &dev_topic("d3", "availability")).as_deref(),
+        Some("offline")
+    );
+
+    // Graceful stop: every device offline, before the instance's own offline.
+    bridge.stop().expect("graceful stop");
+    let status = format!("{}/status", root());
+    wait_last(&sub, &status, "offline");
+    let msgs = sub.messages();
+    let pos = |topic: &str, payload: &str| {
+        msgs.iter()
+            .rposition(|(t, p)| t == topic && p == payload)
+            .unwrap_or_else(|| panic!("no {payload} on {topic}"))
+    };
+    let stop = pos(&status, "offline");
+    assert!(pos(&d1, "offline") < stop && pos(&d2, "offline") < stop);
+    assert!(pos(&d1, "online") < pos(&d1, "offline"));
+    drop(p);
+}
+
+/// Issue 13.4 with a client helper: the device of a program that exits goes offline.
+#[test]
+fn device_availability_goes_offline_when_the_program_exits() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let Some((_broker, _app, bridge, sub)) = setup() else {
+        return;
+    };
+    let d1 = dev_topic("d1", "availability");
+    let mut child = Command::new("python3")
+        .arg("example_echo.py")
+        .current_dir(repo().join("clients/python"))
+        .env("IOT2MQTT_SV_BRIDGE_SOCKET", &bridge.socket)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_last(&sub, &d1, "online");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_last(&sub, &d1, "offline");
 }
