@@ -131,6 +131,12 @@ pub enum Op {
         /// `info`, `warning`, `error` (default) or `critical`.
         #[serde(default = "default_severity")]
         severity: String,
+        /// Merged into the published object, as the platform's `publish_error` does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_info: Option<Map<String, Value>>,
+        /// Any other field, copied into the published object.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
     },
     /// Telemetry metrics.
     Telemetry {
@@ -180,6 +186,24 @@ pub enum Op {
         #[serde(default)]
         retain: bool,
     },
+    /// Devices found by a scan, published on `{B}/v1/instances/{I}/discovered`.
+    Discovered {
+        /// Device descriptions, published as given.
+        devices: Vec<Value>,
+    },
+    /// Adds, replaces or (with `config: null`) removes a Home Assistant discovery config of a
+    /// device: `{prefix}/{component}/{I}_{device}[_{entity}]/config`.
+    HaDiscovery {
+        /// Device.
+        device_id: String,
+        /// Home Assistant component (`sensor`, `switch`, …).
+        component: String,
+        /// Suffix of the object id, for a device's second and further entities.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entity: Option<String>,
+        /// The config (completed by the bridge), or `null` to remove it.
+        config: Option<Map<String, Value>>,
+    },
     /// Liveness of the socket itself: answered with `ok`.
     Ping,
     /// The bridge's figures (read-only, any peer): answered with a `stats` reply.
@@ -200,6 +224,8 @@ pub const OPS: &[&str] = &[
     "publish",
     "ping",
     "stats",
+    "discovered",
+    "ha_discovery",
 ];
 
 /// A program → bridge message.
@@ -415,6 +441,25 @@ fn validate(r: &Request) -> Result<(), String> {
             None
         }
         Op::Publish { qos: Some(q), .. } if *q > 2 => return Err("qos must be 0, 1 or 2".into()),
+        Op::HaDiscovery {
+            device_id,
+            component,
+            entity,
+            ..
+        } => {
+            let word = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !word(component) {
+                return Err(format!("invalid component {component:?}"));
+            }
+            if let Some(e) = entity.as_deref().filter(|e| !word(e)) {
+                return Err(format!("invalid entity {e:?}"));
+            }
+            Some(device_id.as_str())
+        }
         _ => None,
     };
     if let Some(d) = device

@@ -38,6 +38,7 @@ use crate::topics::{Inbound, Topics, matches, valid_filter, valid_segment, valid
 use crate::{BridgeError, ReadyReport, SupervisorView, server, time};
 
 mod availability;
+mod ha;
 use availability::Availability;
 
 /// The bridge's own program name in the supervisor's table.
@@ -177,6 +178,7 @@ pub(crate) struct Engine {
     cmd_seq: u64,
     states: HashMap<String, Map<String, Value>>,
     availability: Availability,
+    ha: Option<ha::Ha>,
     view: SupervisorView,
     ready_tx: mpsc::Sender<ReadyReport>,
 }
@@ -280,7 +282,7 @@ impl Engine {
                 rumqttc::TlsConfiguration::Rustls(tls.config.clone()),
             ));
         }
-        Engine {
+        let mut engine = Engine {
             outbox: Outbox::new(s.outbox_max_messages, s.outbox_max_bytes),
             s,
             topics,
@@ -309,9 +311,12 @@ impl Engine {
             cmd_seq: 0,
             states: HashMap::new(),
             availability: Availability::default(),
+            ha: None,
             view: SupervisorView::default(),
             ready_tx,
-        }
+        };
+        engine.ha = engine.ha_new();
+        engine
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -379,6 +384,7 @@ impl Engine {
         self.connected_at = Some(Instant::now());
         tracing::info!(host = %self.s.host, port = self.s.port, "connected to broker");
         let mut filters: Vec<String> = self.topics.inbound_filters().to_vec();
+        filters.extend(self.ha_filters());
         for c in self.conns.values() {
             for f in &c.subs {
                 if !filters.contains(f) {
@@ -396,6 +402,7 @@ impl Engine {
         }
         self.status_sent = None;
         self.update_status();
+        self.ha_publish_all();
         self.pump();
     }
 
@@ -926,11 +933,38 @@ impl Engine {
                 error_code,
                 message,
                 severity,
+                retry_info,
+                mut extra,
             } => {
                 self.check_owner(conn, &device_id)?;
                 let t = self.topics.device(&device_id, "error");
-                let v = json!({"timestamp": now, "error_code": error_code, "message": message, "severity": severity});
+                let mut v = Map::new();
+                v.insert("timestamp".into(), json!(now));
+                v.insert("error_code".into(), json!(error_code));
+                v.insert("message".into(), json!(message));
+                v.insert("severity".into(), json!(severity));
+                // Other fields join the object; `retry_info` is merged over it, as the
+                // platform's `publish_error` does with `payload.update(retry_info)`.
+                extra.remove("id");
+                for (k, x) in extra {
+                    v.entry(k).or_insert(x);
+                }
+                v.extend(retry_info.unwrap_or_default());
+                self.checked(t, &Value::Object(v), qos, false)
+            }
+            Op::Discovered { devices } => {
+                let t = format!("{}/discovered", self.topics.root());
+                let v = json!({"timestamp": now, "devices": devices});
                 self.checked(t, &v, qos, false)
+            }
+            Op::HaDiscovery {
+                device_id,
+                component,
+                entity,
+                config,
+            } => {
+                self.check_owner(conn, &device_id)?;
+                self.ha_program_config(&device_id, &component, entity.as_deref(), config)
             }
             Op::Telemetry { device_id, metrics } => {
                 self.check_owner(conn, &device_id)?;
@@ -1083,6 +1117,7 @@ impl Engine {
     // ---- inbound MQTT ----------------------------------------------------------------------
 
     pub(crate) fn on_inbound(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        self.ha_inbound(topic, payload, retain);
         match self.topics.classify(topic) {
             // Retained commands are stale by definition; executing them on every reconnect
             // would repeat old actions.

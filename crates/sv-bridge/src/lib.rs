@@ -12,6 +12,7 @@
 #![deny(unsafe_code)] // one audited exception: `quickack`
 
 pub mod codec;
+pub mod discovery;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod outbox;

@@ -66,7 +66,13 @@ fn env_for(app: &Path, port: u16) -> Vec<(String, String)> {
 }
 
 fn settings(app: &Path, port: u16, section: BridgeSection) -> Settings {
-    let env = env_for(app, port);
+    settings_env(app, port, section, &[])
+}
+
+/// [`settings`] with extra environment variables.
+fn settings_env(app: &Path, port: u16, section: BridgeSection, extra: &[(&str, &str)]) -> Settings {
+    let mut env = env_for(app, port);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let section = BridgeSection {
         socket: Some(app.join("bridge.sock")),
         ..section
@@ -1374,4 +1380,180 @@ fn device_availability_goes_offline_when_the_program_exits() {
     child.kill().unwrap();
     child.wait().unwrap();
     wait_last(&sub, &d1, "offline");
+}
+
+/// An instance file with Home Assistant classes (the platform's `class`/`capabilities`).
+fn write_ha_instance(app: &Path, with_old: bool) {
+    let mut devices = vec![
+        json!({"device_id": "lamp", "name": "Desk lamp", "class": "light.dimmable",
+               "capabilities": {"power": {"settable": true},
+                                "brightness": {"settable": true, "min": 0, "max": 100}}}),
+        json!({"device_id": "th", "name": "Thermometer", "class": "sensor.temperature",
+               "capabilities": {"temperature": {"settable": false}}}),
+    ];
+    if with_old {
+        devices.push(json!({"device_id": "old", "class": "switch.outlet"}));
+    }
+    std::fs::write(
+        app.join(format!("instances/{INST}.json")),
+        json!({"instance_id": INST, "connector_type": "demo", "devices": devices}).to_string(),
+    )
+    .unwrap();
+}
+
+/// Runs `code` with the Python client helper connected to `socket`, to completion.
+fn python(socket: &Path, code: &str) -> bool {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is not installed");
+        return false;
+    }
+    let st = Command::new("python3")
+        .args(["-c", code])
+        .current_dir(repo().join("clients/python"))
+        .env("IOT2MQTT_SV_BRIDGE_SOCKET", socket)
+        .status()
+        .unwrap();
+    assert!(st.success(), "python program failed");
+    true
+}
+
+/// Issue 13.5: discovery configs from the instance file and from programs, republished on Home
+/// Assistant's birth message, and cleared for a device removed from the instance file.
+#[test]
+fn home_assistant_discovery_follows_the_instance_file_and_programs() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_ha_instance(app.path(), true);
+    let sub = subscriber(&broker);
+    let mut bridge = Bridge::start(
+        settings(app.path(), broker.port, BridgeSection::default()),
+        view(vec![me("prog", true)]),
+    );
+    let light_topic = format!("homeassistant/light/{INST}_lamp/config");
+    let light = json_on(&sub, &light_topic, |_| true);
+    assert_eq!(light["unique_id"], format!("{INST}_lamp_light"));
+    assert_eq!(light["schema"], "template");
+    assert_eq!(light["state_topic"], dev_topic("lamp", "state"));
+    assert_eq!(light["command_topic"], dev_topic("lamp", "cmd"));
+    assert_eq!(
+        light["device"]["identifiers"],
+        json!([format!("{INST}_lamp")])
+    );
+    assert_eq!(light["device"]["name"], "Desk lamp");
+    assert_eq!(light["device"]["via_device"], INST);
+    assert_eq!(
+        light["availability"],
+        json!([{"topic": format!("{}/status", root())}, {"topic": dev_topic("lamp", "availability")}])
+    );
+    assert_eq!(light["availability_mode"], "all");
+    assert_eq!(
+        serde_json::from_str::<Value>(light["command_off_template"].as_str().unwrap()).unwrap(),
+        json!({"values": {"power": false}})
+    );
+    let sensor = json_on(
+        &sub,
+        &format!("homeassistant/sensor/{INST}_th_temperature/config"),
+        |_| true,
+    );
+    assert_eq!(
+        sensor["value_template"],
+        "{{ value_json.state.temperature }}"
+    );
+    assert_eq!(sensor["device_class"], "temperature");
+    let old_topic = format!("homeassistant/switch/{INST}_old/config");
+    sub.wait_for(&old_topic, |p| !p.is_empty());
+
+    // A program describes a device the instance file does not know.
+    let ext_topic = format!("homeassistant/sensor/{INST}_ext_rssi/config");
+    if !python(
+        &bridge.socket,
+        "from iot2mqtt_sv import Client\n\
+         c = Client(devices=['ext']); c.connect(timeout=20)\n\
+         c.ha_discovery('ext', 'sensor', {'name': 'RSSI', 'state_topic': 'x/y',\n\
+         'value_template': '{{ value_json.rssi }}', 'unit_of_measurement': 'dBm'}, entity='rssi')\n\
+         c.close()\n",
+    ) {
+        return;
+    }
+    let ext = json_on(&sub, &ext_topic, |_| true);
+    assert_eq!(ext["unique_id"], format!("{INST}_ext_rssi"));
+    assert_eq!(ext["device"]["identifiers"], json!([format!("{INST}_ext")]));
+    assert_eq!(
+        ext["availability"][1]["topic"],
+        dev_topic("ext", "availability")
+    );
+
+    // Home Assistant restarted: its birth message brings every config again.
+    let before = payloads(&sub, &light_topic).len();
+    broker.publish("homeassistant/status", "online", 1, false);
+    wait_until("configs published again", || {
+        payloads(&sub, &light_topic).len() > before
+    });
+    bridge.stop().unwrap();
+
+    // The device leaves the instance file: the next run clears its config, not the program's.
+    write_ha_instance(app.path(), false);
+    let _bridge = Bridge::start(
+        settings(app.path(), broker.port, BridgeSection::default()),
+        view(vec![me("prog", true)]),
+    );
+    sub.wait_for(&old_topic, str::is_empty);
+    let index_topic = format!("{}/meta/ha_discovery", root());
+    // The previous run's program config is carried over into the new index.
+    let index = json_on(&sub, &index_topic, |v| {
+        let text = v.to_string();
+        !text.contains(&old_topic) && text.contains(&ext_topic)
+    });
+    let topics: Vec<&str> = index["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["topic"].as_str().unwrap())
+        .collect();
+    assert!(topics.contains(&ext_topic.as_str()), "{index}");
+    assert!(topics.contains(&light_topic.as_str()), "{index}");
+    assert!(!payloads(&sub, &ext_topic).iter().any(String::is_empty));
+}
+
+/// Issue 13.5: `HA_DISCOVERY_ENABLED=false` in `.env` turns discovery off, and the op says so.
+#[test]
+fn home_assistant_discovery_can_be_switched_off_in_dotenv() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_ha_instance(app.path(), false);
+    std::fs::write(app.path().join(".env"), "HA_DISCOVERY_ENABLED=false\n").unwrap();
+    let sub = subscriber(&broker);
+    let bridge = Bridge::start(
+        settings(app.path(), broker.port, BridgeSection::default()),
+        view(vec![me("prog", true)]),
+    );
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+    let mut p = bridge.connect();
+    let r = p.call(json!({"op":"ha_discovery","device_id":"lamp","component":"light","config":{}}));
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(
+        !sub.messages()
+            .iter()
+            .any(|(t, _)| t.starts_with("homeassistant/")),
+        "discovery published while disabled"
+    );
+}
+
+/// Issue 13.5: `HA_DISCOVERY_PREFIX` moves the configs.
+#[test]
+fn home_assistant_discovery_prefix_comes_from_the_environment() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_ha_instance(app.path(), false);
+    let sub = subscriber(&broker);
+    let _bridge = Bridge::start(
+        settings_env(
+            app.path(),
+            broker.port,
+            BridgeSection::default(),
+            &[("HA_DISCOVERY_PREFIX", "ha2")],
+        ),
+        view(vec![me("prog", true)]),
+    );
+    sub.wait_for(&format!("ha2/light/{INST}_lamp/config"), |p| !p.is_empty());
 }
