@@ -179,6 +179,7 @@ pub(crate) struct Engine {
     states: HashMap<String, Map<String, Value>>,
     availability: Availability,
     ha: Option<ha::Ha>,
+    started: Instant,
     view: SupervisorView,
     ready_tx: mpsc::Sender<ReadyReport>,
 }
@@ -312,6 +313,7 @@ impl Engine {
             states: HashMap::new(),
             availability: Availability::default(),
             ha: None,
+            started: Instant::now(),
             view: SupervisorView::default(),
             ready_tx,
         };
@@ -879,6 +881,16 @@ impl Engine {
                 let props = self.s.property_topics.then(|| state.clone());
                 let online = state.get("online").and_then(Value::as_bool);
                 let full = self.states.entry(device_id.clone()).or_default();
+                // Keys a replacing state dropped: their retained property topics would
+                // otherwise keep showing the old values.
+                let dropped: Vec<String> = if replace && self.s.property_topics {
+                    full.keys()
+                        .filter(|k| !state.contains_key(*k))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 if replace {
                     full.clear();
                 }
@@ -899,6 +911,10 @@ impl Engine {
                         let t = self.topics.device(&device_id, &format!("state/{k}"));
                         self.publish_json(t, v, qos, self.s.retain);
                     }
+                }
+                for k in dropped.iter().filter(|k| valid_segment(k)) {
+                    let t = self.topics.device(&device_id, &format!("state/{k}"));
+                    self.publish(t, Vec::new(), qos, true);
                 }
                 if online.is_some_and(|o| self.availability.report(&device_id, o))
                     || !self.availability.is_known(&device_id)
@@ -1413,9 +1429,16 @@ impl Engine {
             .iter()
             .map(|p| json!({"name": p.name, "state": p.state, "ready": p.ready, "healthy": p.healthy, "critical": p.critical}))
             .collect();
+        let connector_type = ic
+            .connector_type
+            .clone()
+            .or_else(|| self.s.connector_type.clone())
+            .unwrap_or_else(|| "unknown".to_string());
         json!({
             "instance_id": ic.instance_id.clone().unwrap_or_else(|| self.s.instance.clone()),
-            "connector_type": ic.connector_type,
+            "connector_type": connector_type,
+            // Seconds since the bridge started (the platform's reference sends the epoch time).
+            "uptime": self.started.elapsed().as_secs(),
             "friendly_name": ic.friendly_name,
             "enabled": ic.enabled.unwrap_or(true),
             "devices_count": ic.devices.len(),

@@ -998,6 +998,44 @@ mod tests {
         assert_eq!(s.instance_config.groups[0].devices, ["a", "b"]);
     }
 
+    /// Issue 13.6: the instance file's `mqtt.qos` / `mqtt.retain_state` (what the platform's
+    /// connectors read) win over MQTT_QOS / MQTT_RETAIN; an explicit `[bridge]` value wins
+    /// over both. Its `ha_discovery_*` keys win over HA_DISCOVERY_*.
+    #[test]
+    fn instance_file_mqtt_and_discovery_keys_rank_between_bridge_and_environment() {
+        let d = app();
+        let path = d.path().to_str().unwrap().to_string();
+        std::fs::write(
+            d.path().join("instances/i.json"),
+            r#"{"mqtt":{"qos":0,"retain_state":false},"ha_discovery_enabled":"true","ha_discovery_prefix":"hass"}"#,
+        )
+        .unwrap();
+        let env = env_of(&[
+            ("IOT2MQTT_PATH", &path),
+            ("INSTANCE_NAME", "i"),
+            ("MQTT_QOS", "2"),
+            ("MQTT_RETAIN", "true"),
+            ("HA_DISCOVERY_ENABLED", "false"),
+            ("HA_DISCOVERY_PREFIX", "other"),
+        ]);
+        let s = Settings::resolve(&BridgeSection::default(), &env).unwrap();
+        assert_eq!((s.qos, s.retain), (0, false));
+        assert_eq!(s.ha_discovery.as_deref(), Some("hass"));
+        let section = BridgeSection {
+            qos: Some(1),
+            retain: Some(true),
+            ..BridgeSection::default()
+        };
+        let s = Settings::resolve(&section, &env).unwrap();
+        assert_eq!((s.qos, s.retain), (1, true));
+
+        // Without the instance file's keys the environment applies.
+        std::fs::write(d.path().join("instances/i.json"), "{}").unwrap();
+        let s = Settings::resolve(&BridgeSection::default(), &env).unwrap();
+        assert_eq!((s.qos, s.retain), (2, true));
+        assert_eq!(s.ha_discovery, None);
+    }
+
     #[test]
     fn malformed_dotenv_is_reported_with_its_path() {
         let d = app();

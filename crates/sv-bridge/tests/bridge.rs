@@ -1382,6 +1382,19 @@ fn device_availability_goes_offline_when_the_program_exits() {
     wait_last(&sub, &d1, "offline");
 }
 
+/// A bridge with extra environment whose program `prog` (this test process) is healthy.
+fn start_env(broker: &Mosquitto, app: &Path, extra: &[(&str, &str)]) -> Bridge {
+    Bridge::start(
+        settings_env(app, broker.port, BridgeSection::default(), extra),
+        view(vec![me("prog", true)]),
+    )
+}
+
+/// Replaces the instance file.
+fn write_instance(app: &Path, v: &Value) {
+    std::fs::write(app.join(format!("instances/{INST}.json")), v.to_string()).unwrap();
+}
+
 /// An instance file with Home Assistant classes (the platform's `class`/`capabilities`).
 fn write_ha_instance(app: &Path, with_old: bool) {
     let mut devices = vec![
@@ -1394,11 +1407,10 @@ fn write_ha_instance(app: &Path, with_old: bool) {
     if with_old {
         devices.push(json!({"device_id": "old", "class": "switch.outlet"}));
     }
-    std::fs::write(
-        app.join(format!("instances/{INST}.json")),
-        json!({"instance_id": INST, "connector_type": "demo", "devices": devices}).to_string(),
-    )
-    .unwrap();
+    write_instance(
+        app,
+        &json!({"instance_id": INST, "connector_type": "demo", "devices": devices}),
+    );
 }
 
 /// Runs `code` with the Python client helper connected to `socket`, to completion.
@@ -1425,10 +1437,7 @@ fn home_assistant_discovery_follows_the_instance_file_and_programs() {
     let app = app_dir();
     write_ha_instance(app.path(), true);
     let sub = subscriber(&broker);
-    let mut bridge = Bridge::start(
-        settings(app.path(), broker.port, BridgeSection::default()),
-        view(vec![me("prog", true)]),
-    );
+    let mut bridge = start_env(&broker, app.path(), &[]);
     let light_topic = format!("homeassistant/light/{INST}_lamp/config");
     let light = json_on(&sub, &light_topic, |_| true);
     assert_eq!(light["unique_id"], format!("{INST}_lamp_light"));
@@ -1493,10 +1502,7 @@ fn home_assistant_discovery_follows_the_instance_file_and_programs() {
 
     // The device leaves the instance file: the next run clears its config, not the program's.
     write_ha_instance(app.path(), false);
-    let _bridge = Bridge::start(
-        settings(app.path(), broker.port, BridgeSection::default()),
-        view(vec![me("prog", true)]),
-    );
+    let _bridge = start_env(&broker, app.path(), &[]);
     sub.wait_for(&old_topic, str::is_empty);
     let index_topic = format!("{}/meta/ha_discovery", root());
     // The previous run's program config is carried over into the new index.
@@ -1523,10 +1529,7 @@ fn home_assistant_discovery_can_be_switched_off_in_dotenv() {
     write_ha_instance(app.path(), false);
     std::fs::write(app.path().join(".env"), "HA_DISCOVERY_ENABLED=false\n").unwrap();
     let sub = subscriber(&broker);
-    let bridge = Bridge::start(
-        settings(app.path(), broker.port, BridgeSection::default()),
-        view(vec![me("prog", true)]),
-    );
+    let bridge = start_env(&broker, app.path(), &[]);
     sub.wait_for(&format!("{}/status", root()), |p| p == "online");
     let mut p = bridge.connect();
     let r = p.call(json!({"op":"ha_discovery","device_id":"lamp","component":"light","config":{}}));
@@ -1546,14 +1549,101 @@ fn home_assistant_discovery_prefix_comes_from_the_environment() {
     let app = app_dir();
     write_ha_instance(app.path(), false);
     let sub = subscriber(&broker);
-    let _bridge = Bridge::start(
-        settings_env(
-            app.path(),
-            broker.port,
-            BridgeSection::default(),
-            &[("HA_DISCOVERY_PREFIX", "ha2")],
-        ),
-        view(vec![me("prog", true)]),
-    );
+    let _bridge = start_env(&broker, app.path(), &[("HA_DISCOVERY_PREFIX", "ha2")]);
     sub.wait_for(&format!("ha2/light/{INST}_lamp/config"), |p| !p.is_empty());
+}
+
+/// Issue 13.6: `meta/info` as the platform publishes it (with `connector_type` from
+/// CONNECTOR_TYPE when the instance file has none, and a real uptime), the `discovered` op,
+/// `error` with `retry_info` merged, and property topics cleared by a replacing state.
+#[test]
+fn meta_info_discovered_error_extras_and_replaced_properties() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_instance(
+        app.path(),
+        &json!({"devices": [{"device_id": "d1"}], "groups": []}),
+    );
+    let sub = subscriber(&broker);
+    let bridge = start_env(&broker, app.path(), &[("CONNECTOR_TYPE", "yeelight")]);
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+
+    broker.publish(&format!("{}/meta/request/info", root()), "", 1, false);
+    let i = json_on(&sub, &format!("{}/meta/info", root()), |_| true);
+    assert_eq!(i["instance_id"], INST);
+    assert_eq!(i["connector_type"], "yeelight");
+    assert_eq!(i["devices_count"], 1);
+    assert_eq!(i["groups_count"], 0);
+    // Seconds since start, not the epoch time the reference sends.
+    assert!(i["uptime"].as_u64().is_some_and(|u| u < 3600), "{i}");
+
+    if !python(
+        &bridge.socket,
+        "from iot2mqtt_sv import Client\n\
+         c = Client(devices=['d1']); c.connect(timeout=20)\n\
+         c.discovered([{'device_id': 'bulb_7', 'ip': '192.168.1.7'}])\n\
+         c.error('d1', 'E_TIMEOUT', 'no answer', retry_info={'attempt': 3, 'next_retry_s': 30})\n\
+         c.close()\n",
+    ) {
+        return;
+    }
+    let d = json_on(&sub, &format!("{}/discovered", root()), |_| true);
+    assert_eq!(
+        d["devices"],
+        json!([{"device_id": "bulb_7", "ip": "192.168.1.7"}])
+    );
+    assert!(d["timestamp"].is_string());
+    let e = json_on(&sub, &dev_topic("d1", "error"), |_| true);
+    assert_eq!(
+        (
+            e["error_code"].clone(),
+            e["attempt"].clone(),
+            e["next_retry_s"].clone()
+        ),
+        (json!("E_TIMEOUT"), json!(3), json!(30))
+    );
+
+    // `replace`: a key that disappeared loses its retained property topic.
+    let mut p = bridge.connect();
+    p.call(json!({"op":"state","device_id":"d1","state":{"a":1,"b":2}}));
+    sub.wait_for(&dev_topic("d1", "state/b"), |p| p == "2");
+    p.call(json!({"op":"state","device_id":"d1","state":{"a":5},"replace":true}));
+    sub.wait_for(&dev_topic("d1", "state/b"), str::is_empty);
+    let st = json_on(&sub, &dev_topic("d1", "state"), |v| v["state"]["a"] == 5);
+    assert_eq!(st["state"], json!({"a": 5}));
+}
+
+/// Issue 13.6: the instance file's `mqtt.retain_state: false` makes states non-retained (the
+/// broker hands a new subscriber the retained status but no state).
+#[test]
+fn instance_file_retain_state_false_publishes_states_unretained() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_instance(
+        app.path(),
+        &json!({"devices": [{"device_id": "d1"}], "mqtt": {"retain_state": false}}),
+    );
+    let sub = subscriber(&broker);
+    let bridge = start_env(&broker, app.path(), &[]);
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+    let mut p = bridge.connect();
+    p.call(json!({"op":"state","device_id":"d1","state":{"a":1}}));
+    sub.wait_for(&dev_topic("d1", "state/a"), |p| p == "1");
+    // Mosquitto sends the retained messages of one SUBSCRIBE filter by filter, in order: a
+    // retained state would arrive before the (always retained) status.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args([
+            "-t",
+            &dev_topic("d1", "state"),
+            "-t",
+            &format!("{}/status", root()),
+        ])
+        .args(["-F", "%t", "-C", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}/status", root())
+    );
 }
