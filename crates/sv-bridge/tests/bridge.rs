@@ -1647,3 +1647,154 @@ fn instance_file_retain_state_false_publishes_states_unretained() {
         format!("{}/status", root())
     );
 }
+
+/// Renders a discovery config's templates with Jinja2 (the engine Home Assistant renders them
+/// with): each `(template key, variables)` of `cases` gives the rendered text.
+fn render_jinja(config: &Value, cases: &[(&str, Value)]) -> Option<Vec<String>> {
+    let probe = Command::new("python3")
+        .args(["-c", "import jinja2"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: python3 with jinja2 is not installed (apt-get install python3-jinja2)");
+        return None;
+    }
+    let input = json!({"config": config, "cases": cases.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()});
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, jinja2\n\
+             env = jinja2.Environment()\n\
+             d = json.load(sys.stdin)\n\
+             print(json.dumps([env.from_string(d['config'][k]).render(**v) for k, v in d['cases']]))\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "jinja2 rendering failed");
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Issue 13.5: what Home Assistant would show and send. Every state template, rendered against
+/// the bridge's state envelope, gives the value Home Assistant compares with its payloads, and
+/// every command template gives the platform's `{"values": {...}}` command.
+#[test]
+fn home_assistant_templates_read_the_state_envelope_and_write_platform_commands() {
+    use sv_bridge::discovery::{Context, generate};
+    let devices: Vec<sv_bridge::settings::DeviceInfo> = serde_json::from_value(json!([
+        {"device_id": "lamp", "class": "light.dimmable",
+         "capabilities": {"power": {"settable": true}, "brightness": {"settable": true, "max": 100}}},
+        {"device_id": "plug", "class": "switch.outlet", "capabilities": {"on": {"settable": true}}},
+        {"device_id": "pir", "class": "sensor.motion"},
+        {"device_id": "ac", "class": "climate.ac",
+         "capabilities": {"target_temperature": {"settable": true}}},
+        {"device_id": "fan", "class": "climate.air_purifier",
+         "capabilities": {"speed": {"settable": true}}},
+        {"device_id": "door", "class": "security.lock"}
+    ]))
+    .unwrap();
+    let ctx = Context {
+        prefix: "homeassistant",
+        root: "IoT2mqtt/v1/instances/inst",
+        instance: "inst",
+    };
+    let configs = generate(&ctx, &devices);
+    let by = |d: &str| &configs.iter().find(|c| c.device_id == d).unwrap().payload;
+    // The envelope as the bridge publishes it on …/state.
+    let env =
+        |state: Value| json!({"value_json": {"timestamp": "t", "device_id": "d", "state": state}});
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+
+    let lamp = by("lamp");
+    let Some(r) = render_jinja(
+        lamp,
+        &[
+            (
+                "state_template",
+                env(json!({"power": true, "brightness": 50})),
+            ),
+            ("state_template", env(json!({"power": false}))),
+            (
+                "brightness_template",
+                env(json!({"power": true, "brightness": 50})),
+            ),
+            (
+                "command_on_template",
+                json!({"state": "on", "brightness": 255}),
+            ),
+            ("command_on_template", json!({"state": "on"})),
+            ("command_off_template", json!({"state": "off"})),
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        (r[0].as_str(), r[1].as_str(), r[2].as_str()),
+        ("on", "off", "128")
+    );
+    assert_eq!(
+        parse(&r[3]),
+        json!({"values": {"power": true, "brightness": 100}})
+    );
+    assert_eq!(parse(&r[4]), json!({"values": {"power": true}}));
+    assert_eq!(parse(&r[5]), json!({"values": {"power": false}}));
+
+    let plug = by("plug");
+    let r = render_jinja(plug, &[("value_template", env(json!({"on": true})))]).unwrap();
+    assert_eq!(r[0], plug["state_on"].as_str().unwrap());
+
+    let pir = by("pir");
+    let r = render_jinja(pir, &[("value_template", env(json!({"motion": false})))]).unwrap();
+    assert_eq!(r[0], pir["payload_off"].as_str().unwrap());
+
+    let ac = by("ac");
+    let r = render_jinja(
+        ac,
+        &[
+            ("mode_command_template", json!({"value": "cool"})),
+            ("temperature_command_template", json!({"value": 21.5})),
+            (
+                "current_temperature_template",
+                env(json!({"temperature": 23.4})),
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(parse(&r[0]), json!({"values": {"mode": "cool"}}));
+    assert_eq!(
+        parse(&r[1]),
+        json!({"values": {"target_temperature": 21.5}})
+    );
+    assert_eq!(r[2], "23.4");
+
+    let fan = by("fan");
+    let r = render_jinja(
+        fan,
+        &[
+            ("command_template", json!({"value": "ON"})),
+            ("command_template", json!({"value": "OFF"})),
+            ("percentage_command_template", json!({"value": 40})),
+            ("state_value_template", env(json!({"power": true}))),
+        ],
+    )
+    .unwrap();
+    assert_eq!(parse(&r[0]), json!({"values": {"power": true}}));
+    assert_eq!(parse(&r[1]), json!({"values": {"power": false}}));
+    assert_eq!(parse(&r[2]), json!({"values": {"speed": 40}}));
+    assert_eq!(r[3], "ON");
+
+    let lock = by("door");
+    let r = render_jinja(lock, &[("value_template", env(json!({"locked": true})))]).unwrap();
+    assert_eq!(r[0], "LOCKED");
+    assert_eq!(
+        parse(lock["payload_unlock"].as_str().unwrap()),
+        json!({"values": {"locked": false}})
+    );
+}

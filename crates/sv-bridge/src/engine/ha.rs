@@ -182,7 +182,9 @@ impl Engine {
     pub(super) fn ha_inbound(&mut self, topic: &str, payload: &[u8], retain: bool) {
         let Some(ha) = &self.ha else { return };
         if topic == format!("{}/status", ha.prefix) {
-            if payload.trim_ascii() == b"online" {
+            // A retained birth is the broker's memory, not a restart: the connect that brought
+            // it published the configs already.
+            if !retain && payload.trim_ascii() == b"online" {
                 tracing::debug!("home assistant is online; publishing discovery again");
                 self.ha_publish_all();
             }
