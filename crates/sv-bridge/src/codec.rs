@@ -555,6 +555,52 @@ mod tests {
     }
 
     #[test]
+    fn discovery_ops_and_error_extras_decode() {
+        let r = dec(r#"{"op":"discovered","id":13,"devices":[{"device_id":"bulb_7"}]}"#).unwrap();
+        assert!(matches!(r.op, Op::Discovered { ref devices } if devices.len() == 1));
+        let r = dec(r#"{"op":"ha_discovery","device_id":"plug","component":"sensor","entity":"rssi","config":{"name":"RSSI"}}"#).unwrap();
+        assert!(matches!(
+            r.op,
+            Op::HaDiscovery {
+                config: Some(_),
+                ..
+            }
+        ));
+        let r =
+            dec(r#"{"op":"ha_discovery","device_id":"plug","component":"switch","config":null}"#)
+                .unwrap();
+        assert!(matches!(
+            r.op,
+            Op::HaDiscovery {
+                config: None,
+                entity: None,
+                ..
+            }
+        ));
+        for bad in [
+            r#"{"op":"ha_discovery","device_id":"plug","component":"a/b","config":null}"#,
+            r#"{"op":"ha_discovery","device_id":"plug","component":"x","entity":"+","config":null}"#,
+            r#"{"op":"ha_discovery","device_id":"a#","component":"x","config":null}"#,
+            r#"{"op":"ha_discovery","device_id":"plug","component":"x","config":[1]}"#,
+        ] {
+            assert_eq!(dec(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
+        let r = dec(r#"{"op":"error","id":4,"device_id":"d","error_code":"E","message":"m","retry_info":{"attempt":3},"source":"poller"}"#).unwrap();
+        let Op::Error {
+            retry_info, extra, ..
+        } = r.op
+        else {
+            panic!("not an error");
+        };
+        assert_eq!(retry_info.unwrap()["attempt"], 3);
+        assert_eq!(extra["source"], "poller");
+        let e =
+            dec(r#"{"op":"error","device_id":"d","error_code":"E","message":"m","message":"n"}"#)
+                .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
     fn errors_carry_code_and_id() {
         let e = dec("not json").unwrap_err();
         assert_eq!(e.code, ErrorCode::BadJson);
