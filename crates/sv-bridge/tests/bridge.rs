@@ -1798,3 +1798,40 @@ fn home_assistant_templates_read_the_state_envelope_and_write_platform_commands(
         json!({"values": {"locked": false}})
     );
 }
+
+/// Issue 13.5 and 13.6 with the Node.js helper: `haDiscovery` and `discovered`.
+#[test]
+fn the_node_helper_sends_discovery_configs_and_discovered_devices() {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("skipped: node is not installed");
+        return;
+    }
+    let Some((_broker, _app, bridge, sub)) = setup() else {
+        return;
+    };
+    // The helper writes queued requests on connect; ending the socket after that flushes them.
+    let st = Command::new("node")
+        .args([
+            "-e",
+            "const { Client } = require('./iot2mqtt_sv');\n\
+             const c = new Client({ devices: ['d1'] });\n\
+             c.haDiscovery('d1', 'binary_sensor', { state_topic: 'x', name: 'Window' }, 'window');\n\
+             c.discovered([{ device_id: 'new1' }]);\n\
+             c.connect();\n\
+             c.sock.on('connect', () => c.close());\n",
+        ])
+        .current_dir(repo().join("clients/node"))
+        .env("IOT2MQTT_SV_BRIDGE_SOCKET", &bridge.socket)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let c = json_on(
+        &sub,
+        &format!("homeassistant/binary_sensor/{INST}_d1_window/config"),
+        |_| true,
+    );
+    assert_eq!(c["unique_id"], format!("{INST}_d1_window"));
+    assert_eq!(c["availability_mode"], "all");
+    let d = json_on(&sub, &format!("{}/discovered", root()), |_| true);
+    assert_eq!(d["devices"], json!([{"device_id": "new1"}]));
+}
