@@ -295,7 +295,8 @@ pub fn device_configs(ctx: &Context<'_>, d: &DeviceInfo) -> Vec<Config> {
                     "state_topic": state,
                     "value_template": format!("{{{{ value_json.state.{name} }}}}"),
                     "unit_of_measurement": unit,
-                    "state_class": "measurement",
+                    // Home Assistant's statistics accept an energy meter only as a total.
+                    "state_class": if *name == "energy" { "total_increasing" } else { "measurement" },
                 });
                 if let Some(dc) = device_class {
                     c["device_class"] = json!(dc);
@@ -521,6 +522,28 @@ mod tests {
         assert_eq!(
             c["command_topic"],
             "IoT2mqtt/v1/instances/demo/devices/plug/cmd"
+        );
+    }
+
+    #[test]
+    fn an_energy_meter_is_a_total_and_other_sensors_are_measurements() {
+        let d = device("m", "sensor.energy", json!({"power": {}}));
+        let classes: Vec<(String, String)> = device_configs(&ctx(), &d)
+            .into_iter()
+            .map(|c| {
+                let p = c.payload;
+                (
+                    p["device_class"].as_str().unwrap().to_string(),
+                    p["state_class"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            classes,
+            [
+                ("power".into(), "measurement".into()),
+                ("energy".into(), "total_increasing".into())
+            ]
         );
     }
 
