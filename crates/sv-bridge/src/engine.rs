@@ -404,7 +404,7 @@ impl Engine {
         }
         self.status_sent = None;
         self.update_status();
-        self.ha_publish_all();
+        self.ha_on_connect();
         self.pump();
     }
 

@@ -6,7 +6,10 @@
 //! retained index of what it published on `{B}/v1/instances/{I}/meta/ha_discovery` and
 //! subscribes to it: the broker hands the previous run's index back (retained, before anything
 //! this connection publishes), and every config in it that is no longer wanted is cleared with an
-//! empty retained payload. A program's config outlives a bridge restart (the program sends it
+//! empty retained payload. The new index is written only once the old one has been read: after
+//! subscribing, the bridge publishes an empty, non-retained probe on the index topic, whose echo
+//! (sent by the broker after any retained copy) says the old index, if any, is in.
+//! A program's config outlives a bridge restart (the program sends it
 //! again when it reconnects) unless its device was removed from the instance file.
 //! Home Assistant's birth message (`{prefix}/status` = `online`) makes the bridge publish its
 //! configs again, as Home Assistant asks integrations to do after it restarted.
@@ -32,6 +35,9 @@ pub(super) struct Ha {
     /// topic → device: programs' configs of a previous run, kept until a program replaces or
     /// removes them.
     carried: BTreeMap<String, String>,
+    /// Whether this connection has seen the previous run's index (or its absence): until then
+    /// writing the index would overwrite entries not yet carried over.
+    synced: bool,
 }
 
 impl Ha {
@@ -161,8 +167,18 @@ impl Engine {
         }
     }
 
-    /// Publishes every config and the index (after each connect and Home Assistant's birth).
-    pub(super) fn ha_publish_all(&mut self) {
+    /// After each connect: every config, then the probe that tells when the previous run's
+    /// index has been read.
+    pub(super) fn ha_on_connect(&mut self) {
+        let Some(ha) = &mut self.ha else { return };
+        ha.synced = false;
+        self.ha_publish_configs();
+        let t = self.index_topic();
+        self.publish(t, Vec::new(), 1, false);
+    }
+
+    /// Publishes every config (and, once synced, the index).
+    fn ha_publish_configs(&mut self) {
         let Some(ha) = &self.ha else { return };
         let wanted = ha.wanted();
         for (topic, payload) in wanted {
@@ -173,6 +189,9 @@ impl Engine {
 
     fn ha_publish_index(&mut self) {
         let Some(ha) = &self.ha else { return };
+        if !ha.synced {
+            return;
+        }
         let index = ha.index(&self.file_devices());
         let t = self.index_topic();
         self.publish_json(t, &index, 1, true);
@@ -186,13 +205,23 @@ impl Engine {
             // it published the configs already.
             if !retain && payload.trim_ascii() == b"online" {
                 tracing::debug!("home assistant is online; publishing discovery again");
-                self.ha_publish_all();
+                self.ha_publish_configs();
             }
             return;
         }
-        // Only the broker's retained copy is the previous run's; our own publishes come back
-        // live (retain flag clear).
-        if topic != self.index_topic() || !retain {
+        if topic != self.index_topic() {
+            return;
+        }
+        // Live, the index comes back as our own publishes: the empty probe means every
+        // retained copy was delivered before it.
+        if !retain {
+            if payload.is_empty()
+                && let Some(ha) = &mut self.ha
+                && !ha.synced
+            {
+                ha.synced = true;
+                self.ha_publish_index();
+            }
             return;
         }
         let Ok(old) = serde_json::from_slice::<Value>(payload) else {
@@ -204,9 +233,6 @@ impl Engine {
         for t in &stale {
             tracing::info!(topic = %t, "clearing the discovery config of a removed device");
             self.publish(t.clone(), Vec::new(), 1, true);
-        }
-        if !stale.is_empty() {
-            self.ha_publish_index();
         }
     }
 
