@@ -113,8 +113,21 @@ class Client {
     return this._send({ op: 'event', device_id: deviceId, event, data });
   }
 
-  error(deviceId, errorCode, message, severity = 'error') {
-    return this._send({ op: 'error', device_id: deviceId, error_code: errorCode, message, severity });
+  error(deviceId, errorCode, message, severity = 'error', retryInfo = undefined) {
+    const msg = { op: 'error', device_id: deviceId, error_code: errorCode, message, severity };
+    if (retryInfo !== undefined) msg.retry_info = retryInfo;
+    return this._send(msg);
+  }
+
+  discovered(devices) {
+    return this._send({ op: 'discovered', devices });
+  }
+
+  // Adds or replaces a Home Assistant discovery config; config null removes it.
+  haDiscovery(deviceId, component, config, entity = undefined) {
+    const msg = { op: 'ha_discovery', device_id: deviceId, component, config };
+    if (entity !== undefined) msg.entity = entity;
+    return this._send(msg);
   }
 
   telemetry(deviceId, metrics) {

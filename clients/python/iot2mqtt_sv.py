@@ -121,10 +121,23 @@ class Client:
         return self._send_retrying({"op": "event", "device_id": device_id, "event": event,
                                     "data": data})
 
-    def error(self, device_id, error_code, message, severity="error"):
-        return self._send_retrying({"op": "error", "device_id": device_id,
-                                    "error_code": error_code, "message": message,
-                                    "severity": severity})
+    def error(self, device_id, error_code, message, severity="error", retry_info=None):
+        msg = {"op": "error", "device_id": device_id, "error_code": error_code,
+               "message": message, "severity": severity}
+        if retry_info is not None:
+            msg["retry_info"] = retry_info
+        return self._send_retrying(msg)
+
+    def discovered(self, devices):
+        return self._send_retrying({"op": "discovered", "devices": devices})
+
+    def ha_discovery(self, device_id, component, config, entity=None):
+        """Adds or replaces a Home Assistant discovery config; config=None removes it."""
+        msg = {"op": "ha_discovery", "device_id": device_id, "component": component,
+               "config": config}
+        if entity is not None:
+            msg["entity"] = entity
+        return self._send_retrying(msg)
 
     def telemetry(self, device_id, metrics):
         return self._send_retrying({"op": "telemetry", "device_id": device_id, "metrics": metrics})

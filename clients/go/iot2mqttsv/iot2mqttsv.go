@@ -185,6 +185,21 @@ func (c *Client) Error(deviceID, code, message, severity string) error {
 	return c.send(map[string]any{"op": "error", "device_id": deviceID, "error_code": code, "message": message, "severity": severity})
 }
 
+// Discovered publishes devices found by a scan on {B}/v1/instances/{I}/discovered.
+func (c *Client) Discovered(devices []map[string]any) error {
+	return c.send(map[string]any{"op": "discovered", "devices": devices})
+}
+
+// HADiscovery adds or replaces a Home Assistant discovery config of a device (entity may be
+// empty); a nil config removes it.
+func (c *Client) HADiscovery(deviceID, component, entity string, config map[string]any) error {
+	msg := map[string]any{"op": "ha_discovery", "device_id": deviceID, "component": component, "config": config}
+	if entity != "" {
+		msg["entity"] = entity
+	}
+	return c.send(msg)
+}
+
 // Telemetry publishes device metrics.
 func (c *Client) Telemetry(deviceID string, metrics map[string]any) error {
 	return c.send(map[string]any{"op": "telemetry", "device_id": deviceID, "metrics": metrics})

@@ -199,12 +199,16 @@ fn publish_request(args: &[String]) -> Result<Request, String> {
             error_code: code.to_string(),
             message: message.to_string(),
             severity: "error".into(),
+            retry_info: None,
+            extra: Map::new(),
         },
         ["error", device, code, message, severity] => Op::Error {
             device_id: device.to_string(),
             error_code: code.to_string(),
             message: message.to_string(),
             severity: severity.to_string(),
+            retry_info: None,
+            extra: Map::new(),
         },
         ["telemetry", device, json] => Op::Telemetry {
             device_id: device.to_string(),

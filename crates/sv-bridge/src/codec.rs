@@ -140,6 +140,12 @@ pub enum Op {
         /// `info`, `warning`, `error` (default) or `critical`.
         #[serde(default = "default_severity")]
         severity: String,
+        /// Merged into the published object, as the platform's `publish_error` does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_info: Option<Map<String, Value>>,
+        /// Any other field, copied into the published object.
+        #[serde(flatten)]
+        extra: Map<String, Value>,
     },
     /// Telemetry metrics.
     Telemetry {
@@ -189,6 +195,24 @@ pub enum Op {
         #[serde(default)]
         retain: bool,
     },
+    /// Devices found by a scan, published on `{B}/v1/instances/{I}/discovered`.
+    Discovered {
+        /// Device descriptions, published as given.
+        devices: Vec<Value>,
+    },
+    /// Adds, replaces or (with `config: null`) removes a Home Assistant discovery config of a
+    /// device: `{prefix}/{component}/{I}_{device}[_{entity}]/config`.
+    HaDiscovery {
+        /// Device.
+        device_id: String,
+        /// Home Assistant component (`sensor`, `switch`, …).
+        component: String,
+        /// Suffix of the object id, for a device's second and further entities.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        entity: Option<String>,
+        /// The config (completed by the bridge), or `null` to remove it.
+        config: Option<Map<String, Value>>,
+    },
     /// Liveness of the socket itself: answered with `ok`.
     Ping,
     /// The bridge's figures (read-only, any peer): answered with a `stats` reply.
@@ -209,6 +233,8 @@ pub const OPS: &[&str] = &[
     "publish",
     "ping",
     "stats",
+    "discovered",
+    "ha_discovery",
 ];
 
 /// A program → bridge message.
@@ -424,6 +450,25 @@ fn validate(r: &Request) -> Result<(), String> {
             None
         }
         Op::Publish { qos: Some(q), .. } if *q > 2 => return Err("qos must be 0, 1 or 2".into()),
+        Op::HaDiscovery {
+            device_id,
+            component,
+            entity,
+            ..
+        } => {
+            let word = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            };
+            if !word(component) {
+                return Err(format!("invalid component {component:?}"));
+            }
+            if let Some(e) = entity.as_deref().filter(|e| !word(e)) {
+                return Err(format!("invalid entity {e:?}"));
+            }
+            Some(device_id.as_str())
+        }
         _ => None,
     };
     if let Some(d) = device
@@ -516,6 +561,52 @@ mod tests {
         dec(r#"{"op":"subscribe","topic":"x/#"}"#).unwrap();
         dec("{\"op\":\"ping\"}\r").unwrap();
         dec(r#"{"op":"stats","id":12}"#).unwrap();
+    }
+
+    #[test]
+    fn discovery_ops_and_error_extras_decode() {
+        let r = dec(r#"{"op":"discovered","id":13,"devices":[{"device_id":"bulb_7"}]}"#).unwrap();
+        assert!(matches!(r.op, Op::Discovered { ref devices } if devices.len() == 1));
+        let r = dec(r#"{"op":"ha_discovery","device_id":"plug","component":"sensor","entity":"rssi","config":{"name":"RSSI"}}"#).unwrap();
+        assert!(matches!(
+            r.op,
+            Op::HaDiscovery {
+                config: Some(_),
+                ..
+            }
+        ));
+        let r =
+            dec(r#"{"op":"ha_discovery","device_id":"plug","component":"switch","config":null}"#)
+                .unwrap();
+        assert!(matches!(
+            r.op,
+            Op::HaDiscovery {
+                config: None,
+                entity: None,
+                ..
+            }
+        ));
+        for bad in [
+            r#"{"op":"ha_discovery","device_id":"plug","component":"a/b","config":null}"#,
+            r#"{"op":"ha_discovery","device_id":"plug","component":"x","entity":"+","config":null}"#,
+            r#"{"op":"ha_discovery","device_id":"a#","component":"x","config":null}"#,
+            r#"{"op":"ha_discovery","device_id":"plug","component":"x","config":[1]}"#,
+        ] {
+            assert_eq!(dec(bad).unwrap_err().code, ErrorCode::BadRequest, "{bad}");
+        }
+        let r = dec(r#"{"op":"error","id":4,"device_id":"d","error_code":"E","message":"m","retry_info":{"attempt":3},"source":"poller"}"#).unwrap();
+        let Op::Error {
+            retry_info, extra, ..
+        } = r.op
+        else {
+            panic!("not an error");
+        };
+        assert_eq!(retry_info.unwrap()["attempt"], 3);
+        assert_eq!(extra["source"], "poller");
+        let e =
+            dec(r#"{"op":"error","device_id":"d","error_code":"E","message":"m","message":"n"}"#)
+                .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
     }
 
     #[test]

@@ -38,6 +38,10 @@ use crate::settings::Settings;
 use crate::topics::{Inbound, Topics, matches, valid_filter, valid_segment, valid_topic};
 use crate::{BridgeError, ReadyReport, SupervisorView, server, time};
 
+mod availability;
+mod ha;
+use availability::Availability;
+
 /// The bridge's own program name in the supervisor's table.
 const SELF_NAME: &str = "bridge";
 /// QoS ≥ 1 messages handed to rumqttc before their acknowledgement; below rumqttc's inflight
@@ -189,7 +193,9 @@ pub(crate) struct Engine {
     pending: HashMap<(String, String), Pending>,
     cmd_seq: u64,
     states: HashMap<String, Map<String, Value>>,
-    availability: HashMap<String, bool>,
+    availability: Availability,
+    ha: Option<ha::Ha>,
+    started: Instant,
     view: SupervisorView,
     ready_tx: mpsc::Sender<ReadyReport>,
 }
@@ -225,6 +231,8 @@ pub(crate) async fn run(
 
     let mut engine = Engine::new(s.clone(), ready, ev_tx);
     engine.view = supervisor.borrow_and_update().clone();
+    // Queued for the first connection: overwrites an `online` a crashed bridge left retained.
+    engine.refresh_availability();
     engine.connect();
     tracing::info!(socket = %s.socket.display(), host = %s.host, port = s.port, client_id = %s.client_id, "bridge started");
 
@@ -292,7 +300,7 @@ impl Engine {
                 rumqttc::TlsConfiguration::Rustls(tls.config.clone()),
             ));
         }
-        Engine {
+        let mut engine = Engine {
             outbox: Outbox::new(s.outbox_max_messages, s.outbox_max_bytes),
             s,
             topics,
@@ -321,10 +329,14 @@ impl Engine {
             pending: HashMap::new(),
             cmd_seq: 0,
             states: HashMap::new(),
-            availability: HashMap::new(),
+            availability: Availability::default(),
+            ha: None,
+            started: Instant::now(),
             view: SupervisorView::default(),
             ready_tx,
-        }
+        };
+        engine.ha = engine.ha_new();
+        engine
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -397,6 +409,7 @@ impl Engine {
         self.connected_at = Some(Instant::now());
         tracing::info!(host = %self.s.host, port = self.s.port, "connected to broker");
         let mut filters: Vec<String> = self.topics.inbound_filters().to_vec();
+        filters.extend(self.ha_filters());
         for c in self.conns.values() {
             for f in &c.subs {
                 if !filters.contains(f) {
@@ -414,6 +427,7 @@ impl Engine {
         }
         self.status_sent = None;
         self.update_status();
+        self.ha_on_connect();
         self.pump();
     }
 
@@ -602,6 +616,9 @@ impl Engine {
         if !self.connected {
             return;
         }
+        // Devices first (same lane, so in this order): Home Assistant sees them go before the
+        // instance does.
+        self.devices_offline();
         let (id, _) = self.outbox.push_priority(Message {
             topic: self.topics.status(),
             payload: b"offline".to_vec(),
@@ -693,6 +710,7 @@ impl Engine {
             self.resolve_identity(id);
         }
         self.update_status();
+        self.refresh_availability();
     }
 
     fn resolve_identity(&mut self, conn: u64) {
@@ -858,6 +876,7 @@ impl Engine {
     fn on_closed(&mut self, conn: u64) {
         let program = self.program_name(conn);
         tracing::debug!(conn, program = %program, "program disconnected");
+        let served = self.served_by(conn);
         self.conns.remove(&conn);
         self.handlers.retain(|_, c| *c != conn);
         if self.all_handler == Some(conn) {
@@ -866,6 +885,7 @@ impl Engine {
         if self.meta_handler == Some(conn) {
             self.meta_handler = None;
         }
+        self.availability_after_close(&served);
         let orphaned: Vec<(String, String)> = self
             .pending
             .iter()
@@ -906,6 +926,7 @@ impl Engine {
                 if meta {
                     self.meta_handler = Some(conn);
                 }
+                self.refresh_availability();
                 Ok(())
             }
             Op::State {
@@ -919,6 +940,7 @@ impl Engine {
                 // The message's values move into the cached state; only per-property topics,
                 // published after the merge, need a copy of them.
                 let props = self.s.property_topics.then(|| state.clone());
+                let online = state.get("online").and_then(Value::as_bool);
                 let cached = self.states.remove(&device_id);
                 let existed = cached.is_some();
                 let mut full = match cached {
@@ -928,6 +950,16 @@ impl Engine {
                     }
                     None => Map::new(),
                 };
+                // Keys a replacing state dropped: their retained property topics would
+                // otherwise keep showing the old values.
+                let dropped: Vec<String> = if replace && self.s.property_topics {
+                    full.keys()
+                        .filter(|k| !state.contains_key(*k))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let undo = merge::merge(&mut full, state, replace);
                 // Serialised straight from the cached state: the hot path of a busy device
                 // makes no copy of it.
@@ -936,7 +968,6 @@ impl Engine {
                     state: &full,
                     timestamp: &now,
                 });
-                let online = full.get("online").and_then(Value::as_bool);
                 let topic = self.topics.device(&device_id, "state");
                 if !envelope.is_ok_and(|e| self.publish(topic, e, qos, self.s.retain)) {
                     // Not published, so not kept: the next update must not carry these values.
@@ -953,12 +984,14 @@ impl Engine {
                         self.publish_json(t, v, qos, self.s.retain);
                     }
                 }
-                if let Some(online) = online
-                    && self.availability.get(&device_id) != Some(&online)
+                for k in dropped.iter().filter(|k| valid_segment(k)) {
+                    let t = self.topics.device(&device_id, &format!("state/{k}"));
+                    self.publish(t, Vec::new(), qos, true);
+                }
+                if online.is_some_and(|o| self.availability.report(&device_id, o))
+                    || !self.availability.is_known(&device_id)
                 {
-                    self.availability.insert(device_id.clone(), online);
-                    let t = self.topics.device(&device_id, "availability");
-                    self.publish_priority(t, if online { "online" } else { "offline" });
+                    self.refresh_device(&device_id);
                 }
                 Ok(())
             }
@@ -988,11 +1021,38 @@ impl Engine {
                 error_code,
                 message,
                 severity,
+                retry_info,
+                mut extra,
             } => {
                 self.check_owner(conn, &device_id)?;
                 let t = self.topics.device(&device_id, "error");
-                let v = json!({"timestamp": now, "error_code": error_code, "message": message, "severity": severity});
+                let mut v = Map::new();
+                v.insert("timestamp".into(), json!(now));
+                v.insert("error_code".into(), json!(error_code));
+                v.insert("message".into(), json!(message));
+                v.insert("severity".into(), json!(severity));
+                // Other fields join the object; `retry_info` is merged over it, as the
+                // platform's `publish_error` does with `payload.update(retry_info)`.
+                extra.remove("id");
+                for (k, x) in extra {
+                    v.entry(k).or_insert(x);
+                }
+                v.extend(retry_info.unwrap_or_default());
+                self.checked(t, &Value::Object(v), qos, false)
+            }
+            Op::Discovered { devices } => {
+                let t = format!("{}/discovered", self.topics.root());
+                let v = json!({"timestamp": now, "devices": devices});
                 self.checked(t, &v, qos, false)
+            }
+            Op::HaDiscovery {
+                device_id,
+                component,
+                entity,
+                config,
+            } => {
+                self.check_owner(conn, &device_id)?;
+                self.ha_program_config(&device_id, &component, entity.as_deref(), config)
             }
             Op::Telemetry { device_id, metrics } => {
                 self.check_owner(conn, &device_id)?;
@@ -1178,6 +1238,7 @@ impl Engine {
     // ---- inbound MQTT ----------------------------------------------------------------------
 
     pub(crate) fn on_inbound(&mut self, topic: &str, payload: &[u8], retain: bool) {
+        self.ha_inbound(topic, payload, retain);
         let request = self.topics.classify(topic);
         if request.is_some() && payload.iter().all(u8::is_ascii_whitespace) {
             // The web UI's "clear topics" empties every cached topic, requests included; an
@@ -1435,7 +1496,7 @@ impl Engine {
                     "name": d.name,
                     "model": d.model,
                     "enabled": d.enabled,
-                    "online": self.availability.get(&d.device_id).copied().unwrap_or(false),
+                    "online": self.availability.is_online(&d.device_id),
                 })
             })
             .collect();
@@ -1459,7 +1520,7 @@ impl Engine {
                 "name": null,
                 "model": null,
                 "enabled": true,
-                "online": self.availability.get(d).copied().unwrap_or(false),
+                "online": self.availability.is_online(d),
             }));
         }
         Value::Array(out)
@@ -1473,9 +1534,16 @@ impl Engine {
             .iter()
             .map(|p| json!({"name": p.name, "state": p.state, "ready": p.ready, "healthy": p.healthy, "critical": p.critical}))
             .collect();
+        let connector_type = ic
+            .connector_type
+            .clone()
+            .or_else(|| self.s.connector_type.clone())
+            .unwrap_or_else(|| "unknown".to_string());
         json!({
             "instance_id": ic.instance_id.clone().unwrap_or_else(|| self.s.instance.clone()),
-            "connector_type": ic.connector_type,
+            "connector_type": connector_type,
+            // Seconds since the bridge started (the platform's reference sends the epoch time).
+            "uptime": self.started.elapsed().as_secs(),
             "friendly_name": ic.friendly_name,
             "enabled": ic.enabled.unwrap_or(true),
             "devices_count": ic.devices.len(),

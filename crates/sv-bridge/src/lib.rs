@@ -7,11 +7,13 @@
 //!
 //! Module map: [`settings`] (environment → validated [`Settings`]), [`codec`] (the pure line
 //! protocol), [`outbox`] (the pure message queue that survives reconnects), [`topics`] and
-//! [`time`] (the wire contract's names and timestamps); the engine, socket server and control
+//! [`time`] (the wire contract's names and timestamps), [`discovery`] (Home Assistant discovery
+//! configs from the instance file); the engine, socket server and control
 //! client are private and reached through [`run`], [`main_bridge`] and [`main_publish`].
 #![deny(unsafe_code)] // one audited exception: `quickack`
 
 pub mod codec;
+pub mod discovery;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod outbox;

@@ -84,6 +84,21 @@ pub struct DeviceInfo {
     /// `model`.
     #[serde(default)]
     pub model: Option<serde_json::Value>,
+    /// `friendly_name` (Home Assistant's device name, before `name`).
+    #[serde(default)]
+    pub friendly_name: Option<String>,
+    /// `manufacturer`.
+    #[serde(default)]
+    pub manufacturer: Option<String>,
+    /// `area` (Home Assistant's suggested area).
+    #[serde(default)]
+    pub area: Option<String>,
+    /// `class`, e.g. `light.dimmable`, `sensor.temperature` (Home Assistant discovery).
+    #[serde(default)]
+    pub class: Option<String>,
+    /// `capabilities`: property name → `{"settable", "min", "max", "step", "options", …}`.
+    #[serde(default)]
+    pub capabilities: serde_json::Map<String, serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -121,6 +136,39 @@ pub struct InstanceFile {
     /// `groups`.
     #[serde(default)]
     pub groups: Vec<GroupInfo>,
+    /// `mqtt`: `qos` and `retain_state`, as the platform's connectors read them.
+    #[serde(default)]
+    pub mqtt: InstanceMqtt,
+    /// `ha_discovery_enabled` (the platform's setup forms write it per instance).
+    #[serde(default, deserialize_with = "loose_bool")]
+    pub ha_discovery_enabled: Option<bool>,
+    /// `ha_discovery_prefix`.
+    #[serde(default)]
+    pub ha_discovery_prefix: Option<String>,
+}
+
+/// The instance file's `mqtt` object.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct InstanceMqtt {
+    /// `qos` for device messages.
+    #[serde(default)]
+    pub qos: Option<u8>,
+    /// `retain_state`: whether `state` and `state/{prop}` are retained.
+    #[serde(default, deserialize_with = "loose_bool")]
+    pub retain_state: Option<bool>,
+}
+
+/// A boolean, or the strings `"true"`/`"false"` a setup form's template renders.
+fn loose_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(b)),
+        Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(serde_json::Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected true or false, found {other}"
+        ))),
+    }
 }
 
 /// Resolved settings. Build with [`Settings::resolve`]; fields are public so tests and the
@@ -189,6 +237,11 @@ pub struct Settings {
     pub tls: Option<TlsSettings>,
     /// Extra publish filters per program name (`[program.NAME] bridge_publish`).
     pub program_publish: HashMap<String, Vec<String>>,
+    /// Home Assistant discovery prefix (`HA_DISCOVERY_PREFIX`, default `homeassistant`);
+    /// `None` when discovery is off (`HA_DISCOVERY_ENABLED=false`).
+    pub ha_discovery: Option<String>,
+    /// `CONNECTOR_TYPE` from the environment, `meta/info`'s fallback for the instance file's.
+    pub connector_type: Option<String>,
 }
 
 /// Why settings could not be resolved.
@@ -451,6 +504,70 @@ fn load_tls(
     })
 }
 
+/// The instance file: `[bridge] instance_file`, else `$IOT2MQTT_PATH/instances/{I}.json`
+/// (whose absence only logs a warning).
+fn read_instance_file(
+    section: &BridgeSection,
+    iot2mqtt_path: &Path,
+    instance: &str,
+) -> Result<(PathBuf, InstanceFile), SettingsError> {
+    let (instance_file, explicit_file) = match &section.instance_file {
+        Some(f) => (f.clone(), true),
+        None => (
+            iot2mqtt_path
+                .join("instances")
+                .join(format!("{instance}.json")),
+            false,
+        ),
+    };
+    let config = match std::fs::read_to_string(&instance_file) {
+        Ok(text) => parse_instance_file(&instance_file, &text)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit_file => {
+            tracing::warn!(path = %instance_file.display(), "instance file not found; no devices or groups known");
+            InstanceFile::default()
+        }
+        Err(e) => {
+            return Err(SettingsError::Read {
+                path: instance_file,
+                source: e,
+            });
+        }
+    };
+
+    Ok((instance_file, config))
+}
+
+/// Home Assistant discovery: the instance file's `ha_discovery_enabled`/`ha_discovery_prefix`
+/// (written per instance by the platform's setup forms) win over `HA_DISCOVERY_ENABLED` /
+/// `HA_DISCOVERY_PREFIX` (written into `.env` by the web UI); on by default.
+fn ha_discovery(src: &Sources, ic: &InstanceFile) -> Result<Option<String>, SettingsError> {
+    let enabled = match ic.ha_discovery_enabled {
+        Some(e) => e,
+        None => match src.get_nonempty("HA_DISCOVERY_ENABLED") {
+            Some(v) => parse_bool("HA_DISCOVERY_ENABLED", &v)?,
+            None => true,
+        },
+    };
+    if !enabled {
+        return Ok(None);
+    }
+    let prefix = ic
+        .ha_discovery_prefix
+        .clone()
+        .filter(|p| !p.trim().is_empty())
+        .or_else(|| src.get_nonempty("HA_DISCOVERY_PREFIX"))
+        .unwrap_or_else(|| "homeassistant".to_string());
+    let prefix = prefix.trim().trim_end_matches('/').to_string();
+    if prefix.is_empty() || prefix.contains(['+', '#']) {
+        return Err(invalid(
+            "HA_DISCOVERY_PREFIX",
+            &prefix,
+            "must be non-empty and contain no '+' or '#'",
+        ));
+    }
+    Ok(Some(prefix))
+}
+
 impl Settings {
     /// Resolves every setting (see the module doc for the precedence) and loads the instance
     /// file and TLS material. `env` is the real environment (tests pass a map).
@@ -580,7 +697,11 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| format!("{client_prefix}_{instance}"));
 
-        let qos = match section.qos {
+        let (instance_file, instance_config) =
+            read_instance_file(section, &iot2mqtt_path, &instance)?;
+        // The platform's connectors take qos and retain_state from the instance file only; an
+        // explicit `[bridge]` value still wins, and MQTT_QOS/MQTT_RETAIN fill in when it has none.
+        let qos = match section.qos.or(instance_config.mqtt.qos) {
             Some(q) => q,
             None => match src.get_nonempty("MQTT_QOS") {
                 Some(v) => parse_num::<u8>("MQTT_QOS", &v, "expected 0, 1 or 2")?,
@@ -590,7 +711,7 @@ impl Settings {
         if qos > 2 {
             return Err(invalid("MQTT_QOS", &qos.to_string(), "expected 0, 1 or 2"));
         }
-        let retain = match section.retain {
+        let retain = match section.retain.or(instance_config.mqtt.retain_state) {
             Some(r) => r,
             None => match src.get_nonempty("MQTT_RETAIN") {
                 Some(v) => parse_bool("MQTT_RETAIN", &v)?,
@@ -627,28 +748,7 @@ impl Settings {
             .get_nonempty("MODE")
             .unwrap_or_else(|| "production".to_string());
 
-        let (instance_file, explicit_file) = match &section.instance_file {
-            Some(f) => (f.clone(), true),
-            None => (
-                iot2mqtt_path
-                    .join("instances")
-                    .join(format!("{instance}.json")),
-                false,
-            ),
-        };
-        let instance_config = match std::fs::read_to_string(&instance_file) {
-            Ok(text) => parse_instance_file(&instance_file, &text)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit_file => {
-                tracing::warn!(path = %instance_file.display(), "instance file not found; no devices or groups known");
-                InstanceFile::default()
-            }
-            Err(e) => {
-                return Err(SettingsError::Read {
-                    path: instance_file,
-                    source: e,
-                });
-            }
-        };
+        let ha_discovery = ha_discovery(&src, &instance_config)?;
 
         let tls = if tls_on {
             Some(load_tls(
@@ -723,6 +823,8 @@ impl Settings {
             property_topics: section.property_topics.unwrap_or(true),
             tls,
             program_publish: HashMap::new(),
+            ha_discovery,
+            connector_type: src.get_nonempty("CONNECTOR_TYPE"),
         })
     }
 
@@ -903,6 +1005,44 @@ mod tests {
         assert_eq!(s.instance_config.devices.len(), 2);
         assert!(!s.instance_config.devices[1].enabled);
         assert_eq!(s.instance_config.groups[0].devices, ["a", "b"]);
+    }
+
+    /// Issue 13.6: the instance file's `mqtt.qos` / `mqtt.retain_state` (what the platform's
+    /// connectors read) win over MQTT_QOS / MQTT_RETAIN; an explicit `[bridge]` value wins
+    /// over both. Its `ha_discovery_*` keys win over HA_DISCOVERY_*.
+    #[test]
+    fn instance_file_mqtt_and_discovery_keys_rank_between_bridge_and_environment() {
+        let d = app();
+        let path = d.path().to_str().unwrap().to_string();
+        std::fs::write(
+            d.path().join("instances/i.json"),
+            r#"{"mqtt":{"qos":0,"retain_state":false},"ha_discovery_enabled":"true","ha_discovery_prefix":"hass"}"#,
+        )
+        .unwrap();
+        let env = env_of(&[
+            ("IOT2MQTT_PATH", &path),
+            ("INSTANCE_NAME", "i"),
+            ("MQTT_QOS", "2"),
+            ("MQTT_RETAIN", "true"),
+            ("HA_DISCOVERY_ENABLED", "false"),
+            ("HA_DISCOVERY_PREFIX", "other"),
+        ]);
+        let s = Settings::resolve(&BridgeSection::default(), &env).unwrap();
+        assert_eq!((s.qos, s.retain), (0, false));
+        assert_eq!(s.ha_discovery.as_deref(), Some("hass"));
+        let section = BridgeSection {
+            qos: Some(1),
+            retain: Some(true),
+            ..BridgeSection::default()
+        };
+        let s = Settings::resolve(&section, &env).unwrap();
+        assert_eq!((s.qos, s.retain), (1, true));
+
+        // Without the instance file's keys the environment applies.
+        std::fs::write(d.path().join("instances/i.json"), "{}").unwrap();
+        let s = Settings::resolve(&BridgeSection::default(), &env).unwrap();
+        assert_eq!((s.qos, s.retain), (2, true));
+        assert_eq!(s.ha_discovery, None);
     }
 
     #[test]

@@ -66,7 +66,13 @@ fn env_for(app: &Path, port: u16) -> Vec<(String, String)> {
 }
 
 fn settings(app: &Path, port: u16, section: BridgeSection) -> Settings {
-    let env = env_for(app, port);
+    settings_env(app, port, section, &[])
+}
+
+/// [`settings`] with extra environment variables.
+fn settings_env(app: &Path, port: u16, section: BridgeSection, extra: &[(&str, &str)]) -> Settings {
+    let mut env = env_for(app, port);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let section = BridgeSection {
         socket: Some(app.join("bridge.sock")),
         ..section
@@ -490,6 +496,7 @@ fn state_event_error_and_telemetry_topics_and_payloads() {
         return;
     };
     let mut p = Prog::connect(&_bridge.socket);
+    p.call(json!({"op":"hello","devices":["d1"]}));
     let r = p.call(json!({"op":"state","device_id":"d1","state":{"on":true,"brightness":5,"name":"x","online":true}}));
     assert_eq!(r["op"], "ok", "{r}");
     let st = json_on(&sub, &dev_topic("d1", "state"), |_| true);
@@ -506,10 +513,7 @@ fn state_event_error_and_telemetry_topics_and_payloads() {
         sub.wait_for(&dev_topic("d1", "state/name"), |_| true),
         "\"x\""
     );
-    assert_eq!(
-        sub.wait_for(&dev_topic("d1", "availability"), |_| true),
-        "online"
-    );
+    sub.wait_for(&dev_topic("d1", "availability"), |p| p == "online");
 
     // A partial update (as after a filtered get) never shrinks the retained full state.
     p.call(json!({"op":"state","device_id":"d1","state":{"brightness":7,"online":false}}));
@@ -811,6 +815,8 @@ fn empty_requests_from_clear_topics_reach_no_program_and_a_numeric_id_stays_a_nu
             t.starts_with(&root())
                 && (t.ends_with("/cmd/response") || t.ends_with("/error") || t.contains("/meta/"))
                 && !t.contains("/meta/request/")
+                // The discovery index is the bridge's own bookkeeping, not an answer.
+                && !t.ends_with("/meta/ha_discovery")
         })
         .collect();
     assert_eq!(answers.len(), 1, "{answers:?}");
@@ -974,6 +980,7 @@ fn meta_requests_are_answered_by_the_bridge_unless_a_program_claims_them() {
         return;
     };
     let mut p = bridge.connect();
+    p.call(json!({"op":"hello","devices":["d1"]}));
     p.call(json!({"op":"state","device_id":"d1","state":{"online":true}}));
     sub.wait_for(&dev_topic("d1", "availability"), |p| p == "online");
     broker.publish(
@@ -1564,4 +1571,580 @@ fn socket_group_sets_group_and_mode_0660() {
     let meta = std::fs::metadata(&bridge.socket).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), gid);
+}
+
+/// The last payload seen on `topic`.
+fn last(sub: &Subscriber, topic: &str) -> Option<String> {
+    payloads(sub, topic).pop()
+}
+
+/// Waits until the last payload on `topic` is `want`.
+#[track_caller]
+fn wait_last(sub: &Subscriber, topic: &str, want: &str) {
+    wait_until(&format!("{want} on {topic}"), || {
+        last(sub, topic).as_deref() == Some(want)
+    });
+}
+
+/// Issue 13.4: availability follows the owning program's claim, readiness, reports and
+/// connection, overwrites a stale `online` left by a crash, and goes `offline` for every device
+/// before the instance's own `offline` on a graceful stop.
+#[test]
+fn device_availability_follows_the_owning_program_and_the_bridge_stop() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    // What a crashed bridge leaves behind: the Last Will covers `status`, not the devices.
+    broker.publish(&dev_topic("d2", "availability"), "online", 1, true);
+    let sub = subscriber(&broker);
+    sub.wait_for(&dev_topic("d2", "availability"), |p| p == "online");
+    let mut bridge = Bridge::start(
+        settings(app.path(), broker.port, BridgeSection::default()),
+        view(vec![me("prog", true)]),
+    );
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+    let d1 = dev_topic("d1", "availability");
+    let d2 = dev_topic("d2", "availability");
+    wait_last(&sub, &d2, "offline");
+    wait_last(&sub, &d1, "offline");
+
+    // Claimed by a connected, ready program: online, unless it reports otherwise.
+    let mut p = bridge.connect();
+    p.call(json!({"op":"hello","devices":["d1"]}));
+    wait_last(&sub, &d1, "online");
+    p.call(json!({"op":"state","device_id":"d1","state":{"online":false,"on":true}}));
+    wait_last(&sub, &d1, "offline");
+    p.call(json!({"op":"state","device_id":"d1","state":{"online":true}}));
+    wait_last(&sub, &d1, "online");
+
+    // meta/devices_list follows the same rule.
+    let list_topic = format!("{}/meta/devices_list", root());
+    broker.publish(
+        &format!("{}/meta/request/devices_list", root()),
+        "{}",
+        1,
+        false,
+    );
+    let l = json_on(&sub, &list_topic, |_| true);
+    assert_eq!(l[0]["online"], true, "{l}");
+    assert_eq!(l[1]["online"], false, "{l}");
+
+    // The program stops being ready (the supervisor's view): offline; ready again: online.
+    bridge.view.send_modify(|v| v.programs[0].ready = false);
+    wait_last(&sub, &d1, "offline");
+    bridge.view.send_modify(|v| v.programs[0].ready = true);
+    wait_last(&sub, &d1, "online");
+
+    // The owning program disconnects: offline at once.
+    drop(p);
+    wait_last(&sub, &d1, "offline");
+    broker.publish(
+        &format!("{}/meta/request/devices_list", root()),
+        "{}",
+        1,
+        false,
+    );
+    json_on(&sub, &list_topic, |l| l[0]["online"] == false);
+
+    // A catch-all claim covers the instance file's enabled devices, not the disabled one.
+    let mut p = bridge.connect();
+    p.call(json!({"op":"hello","devices":"*"}));
+    wait_last(&sub, &d1, "online");
+    wait_last(&sub, &d2, "online");
+    assert_eq!(
+        last(&sub, &dev_topic("d3", "availability")).as_deref(),
+        Some("offline")
+    );
+
+    // Graceful stop: every device offline, before the instance's own offline.
+    bridge.stop().expect("graceful stop");
+    let status = format!("{}/status", root());
+    wait_last(&sub, &status, "offline");
+    let msgs = sub.messages();
+    let pos = |topic: &str, payload: &str| {
+        msgs.iter()
+            .rposition(|(t, p)| t == topic && p == payload)
+            .unwrap_or_else(|| panic!("no {payload} on {topic}"))
+    };
+    let stop = pos(&status, "offline");
+    assert!(pos(&d1, "offline") < stop && pos(&d2, "offline") < stop);
+    assert!(pos(&d1, "online") < pos(&d1, "offline"));
+    drop(p);
+}
+
+/// Issue 13.4 with a client helper: the device of a program that exits goes offline.
+#[test]
+fn device_availability_goes_offline_when_the_program_exits() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    }
+    let Some((_broker, _app, bridge, sub)) = setup() else {
+        return;
+    };
+    let d1 = dev_topic("d1", "availability");
+    let mut child = Command::new("python3")
+        .arg("example_echo.py")
+        .current_dir(repo().join("clients/python"))
+        .env("IOT2MQTT_SV_BRIDGE_SOCKET", &bridge.socket)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_last(&sub, &d1, "online");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_last(&sub, &d1, "offline");
+}
+
+/// A bridge with extra environment whose program `prog` (this test process) is healthy.
+fn start_env(broker: &Mosquitto, app: &Path, extra: &[(&str, &str)]) -> Bridge {
+    Bridge::start(
+        settings_env(app, broker.port, BridgeSection::default(), extra),
+        view(vec![me("prog", true)]),
+    )
+}
+
+/// Replaces the instance file.
+fn write_instance(app: &Path, v: &Value) {
+    std::fs::write(app.join(format!("instances/{INST}.json")), v.to_string()).unwrap();
+}
+
+/// An instance file with Home Assistant classes (the platform's `class`/`capabilities`).
+fn write_ha_instance(app: &Path, with_old: bool) {
+    let mut devices = vec![
+        json!({"device_id": "lamp", "name": "Desk lamp", "class": "light.dimmable",
+               "capabilities": {"power": {"settable": true},
+                                "brightness": {"settable": true, "min": 0, "max": 100}}}),
+        json!({"device_id": "th", "name": "Thermometer", "class": "sensor.temperature",
+               "capabilities": {"temperature": {"settable": false}}}),
+    ];
+    if with_old {
+        devices.push(json!({"device_id": "old", "class": "switch.outlet"}));
+    }
+    write_instance(
+        app,
+        &json!({"instance_id": INST, "connector_type": "demo", "devices": devices}),
+    );
+}
+
+/// Runs `code` with the Python client helper connected to `socket`, to completion.
+fn python(socket: &Path, code: &str) -> bool {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: python3 is not installed");
+        return false;
+    }
+    let st = Command::new("python3")
+        .args(["-c", code])
+        .current_dir(repo().join("clients/python"))
+        .env("IOT2MQTT_SV_BRIDGE_SOCKET", socket)
+        .status()
+        .unwrap();
+    assert!(st.success(), "python program failed");
+    true
+}
+
+/// Issue 13.5: discovery configs from the instance file and from programs, republished on Home
+/// Assistant's birth message, and cleared for a device removed from the instance file.
+#[test]
+fn home_assistant_discovery_follows_the_instance_file_and_programs() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_ha_instance(app.path(), true);
+    let sub = subscriber(&broker);
+    let mut bridge = start_env(&broker, app.path(), &[]);
+    let light_topic = format!("homeassistant/light/{INST}_lamp/config");
+    let light = json_on(&sub, &light_topic, |_| true);
+    assert_eq!(light["unique_id"], format!("{INST}_lamp_light"));
+    assert_eq!(light["schema"], "template");
+    assert_eq!(light["state_topic"], dev_topic("lamp", "state"));
+    assert_eq!(light["command_topic"], dev_topic("lamp", "cmd"));
+    assert_eq!(
+        light["device"]["identifiers"],
+        json!([format!("{INST}_lamp")])
+    );
+    assert_eq!(light["device"]["name"], "Desk lamp");
+    assert_eq!(light["device"]["via_device"], INST);
+    assert_eq!(
+        light["availability"],
+        json!([{"topic": format!("{}/status", root())}, {"topic": dev_topic("lamp", "availability")}])
+    );
+    assert_eq!(light["availability_mode"], "all");
+    assert_eq!(
+        serde_json::from_str::<Value>(light["command_off_template"].as_str().unwrap()).unwrap(),
+        json!({"values": {"power": false}})
+    );
+    let sensor = json_on(
+        &sub,
+        &format!("homeassistant/sensor/{INST}_th_temperature/config"),
+        |_| true,
+    );
+    assert_eq!(
+        sensor["value_template"],
+        "{{ value_json.state.temperature }}"
+    );
+    assert_eq!(sensor["device_class"], "temperature");
+    let old_topic = format!("homeassistant/switch/{INST}_old/config");
+    sub.wait_for(&old_topic, |p| !p.is_empty());
+
+    // A program describes a device the instance file does not know.
+    let ext_topic = format!("homeassistant/sensor/{INST}_ext_rssi/config");
+    if !python(
+        &bridge.socket,
+        "from iot2mqtt_sv import Client\n\
+         c = Client(devices=['ext']); c.connect(timeout=20)\n\
+         c.ha_discovery('ext', 'sensor', {'name': 'RSSI', 'state_topic': 'x/y',\n\
+         'value_template': '{{ value_json.rssi }}', 'unit_of_measurement': 'dBm'}, entity='rssi')\n\
+         c.close()\n",
+    ) {
+        return;
+    }
+    let ext = json_on(&sub, &ext_topic, |_| true);
+    assert_eq!(ext["unique_id"], format!("{INST}_ext_rssi"));
+    assert_eq!(ext["device"]["identifiers"], json!([format!("{INST}_ext")]));
+    assert_eq!(
+        ext["availability"][1]["topic"],
+        dev_topic("ext", "availability")
+    );
+
+    // Home Assistant restarted: its birth message brings every config again.
+    let before = payloads(&sub, &light_topic).len();
+    broker.publish("homeassistant/status", "online", 1, false);
+    wait_until("configs published again", || {
+        payloads(&sub, &light_topic).len() > before
+    });
+    bridge.stop().unwrap();
+
+    // The device leaves the instance file: the next run clears its config, not the program's.
+    write_ha_instance(app.path(), false);
+    let _bridge = start_env(&broker, app.path(), &[]);
+    sub.wait_for(&old_topic, str::is_empty);
+    let index_topic = format!("{}/meta/ha_discovery", root());
+    // The previous run's program config is carried over into the new index.
+    let index = json_on(&sub, &index_topic, |v| {
+        let text = v.to_string();
+        !text.contains(&old_topic) && text.contains(&ext_topic)
+    });
+    let topics: Vec<&str> = index["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["topic"].as_str().unwrap())
+        .collect();
+    assert!(topics.contains(&ext_topic.as_str()), "{index}");
+    assert!(topics.contains(&light_topic.as_str()), "{index}");
+    assert!(!payloads(&sub, &ext_topic).iter().any(String::is_empty));
+}
+
+/// Issue 13.5: `HA_DISCOVERY_ENABLED=false` in `.env` turns discovery off, and the op says so.
+#[test]
+fn home_assistant_discovery_can_be_switched_off_in_dotenv() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_ha_instance(app.path(), false);
+    std::fs::write(app.path().join(".env"), "HA_DISCOVERY_ENABLED=false\n").unwrap();
+    let sub = subscriber(&broker);
+    let bridge = start_env(&broker, app.path(), &[]);
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+    let mut p = bridge.connect();
+    let r = p.call(json!({"op":"ha_discovery","device_id":"lamp","component":"light","config":{}}));
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(
+        !sub.messages()
+            .iter()
+            .any(|(t, _)| t.starts_with("homeassistant/")),
+        "discovery published while disabled"
+    );
+}
+
+/// Issue 13.5: `HA_DISCOVERY_PREFIX` moves the configs.
+#[test]
+fn home_assistant_discovery_prefix_comes_from_the_environment() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_ha_instance(app.path(), false);
+    let sub = subscriber(&broker);
+    let _bridge = start_env(&broker, app.path(), &[("HA_DISCOVERY_PREFIX", "ha2")]);
+    sub.wait_for(&format!("ha2/light/{INST}_lamp/config"), |p| !p.is_empty());
+}
+
+/// Issue 13.6: `meta/info` as the platform publishes it (with `connector_type` from
+/// CONNECTOR_TYPE when the instance file has none, and a real uptime), the `discovered` op,
+/// `error` with `retry_info` merged, and property topics cleared by a replacing state.
+#[test]
+fn meta_info_discovered_error_extras_and_replaced_properties() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_instance(
+        app.path(),
+        &json!({"devices": [{"device_id": "d1"}], "groups": []}),
+    );
+    let sub = subscriber(&broker);
+    let bridge = start_env(&broker, app.path(), &[("CONNECTOR_TYPE", "yeelight")]);
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+
+    broker.publish(&format!("{}/meta/request/info", root()), "{}", 1, false);
+    let i = json_on(&sub, &format!("{}/meta/info", root()), |_| true);
+    assert_eq!(i["instance_id"], INST);
+    assert_eq!(i["connector_type"], "yeelight");
+    assert_eq!(i["devices_count"], 1);
+    assert_eq!(i["groups_count"], 0);
+    // Seconds since start, not the epoch time the reference sends.
+    assert!(i["uptime"].as_u64().is_some_and(|u| u < 3600), "{i}");
+
+    if !python(
+        &bridge.socket,
+        "from iot2mqtt_sv import Client\n\
+         c = Client(devices=['d1']); c.connect(timeout=20)\n\
+         c.discovered([{'device_id': 'bulb_7', 'ip': '192.168.1.7'}])\n\
+         c.error('d1', 'E_TIMEOUT', 'no answer', retry_info={'attempt': 3, 'next_retry_s': 30})\n\
+         c.close()\n",
+    ) {
+        return;
+    }
+    let d = json_on(&sub, &format!("{}/discovered", root()), |_| true);
+    assert_eq!(
+        d["devices"],
+        json!([{"device_id": "bulb_7", "ip": "192.168.1.7"}])
+    );
+    assert!(d["timestamp"].is_string());
+    let e = json_on(&sub, &dev_topic("d1", "error"), |_| true);
+    assert_eq!(
+        (
+            e["error_code"].clone(),
+            e["attempt"].clone(),
+            e["next_retry_s"].clone()
+        ),
+        (json!("E_TIMEOUT"), json!(3), json!(30))
+    );
+
+    // `replace`: a key that disappeared loses its retained property topic.
+    let mut p = bridge.connect();
+    p.call(json!({"op":"state","device_id":"d1","state":{"a":1,"b":2}}));
+    sub.wait_for(&dev_topic("d1", "state/b"), |p| p == "2");
+    p.call(json!({"op":"state","device_id":"d1","state":{"a":5},"replace":true}));
+    sub.wait_for(&dev_topic("d1", "state/b"), str::is_empty);
+    let st = json_on(&sub, &dev_topic("d1", "state"), |v| v["state"]["a"] == 5);
+    assert_eq!(st["state"], json!({"a": 5}));
+}
+
+/// Issue 13.6: the instance file's `mqtt.retain_state: false` makes states non-retained (the
+/// broker hands a new subscriber the retained status but no state).
+#[test]
+fn instance_file_retain_state_false_publishes_states_unretained() {
+    let Some(broker) = quiet_broker() else { return };
+    let app = app_dir();
+    write_instance(
+        app.path(),
+        &json!({"devices": [{"device_id": "d1"}], "mqtt": {"retain_state": false}}),
+    );
+    let sub = subscriber(&broker);
+    let bridge = start_env(&broker, app.path(), &[]);
+    sub.wait_for(&format!("{}/status", root()), |p| p == "online");
+    let mut p = bridge.connect();
+    p.call(json!({"op":"state","device_id":"d1","state":{"a":1}}));
+    sub.wait_for(&dev_topic("d1", "state/a"), |p| p == "1");
+    // Mosquitto sends the retained messages of one SUBSCRIBE filter by filter, in order: a
+    // retained state would arrive before the (always retained) status.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string()])
+        .args([
+            "-t",
+            &dev_topic("d1", "state"),
+            "-t",
+            &format!("{}/status", root()),
+        ])
+        .args(["-F", "%t", "-C", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{}/status", root())
+    );
+}
+
+/// Renders a discovery config's templates with Jinja2 (the engine Home Assistant renders them
+/// with): each `(template key, variables)` of `cases` gives the rendered text.
+fn render_jinja(config: &Value, cases: &[(&str, Value)]) -> Option<Vec<String>> {
+    let probe = Command::new("python3")
+        .args(["-c", "import jinja2"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: python3 with jinja2 is not installed (apt-get install python3-jinja2)");
+        return None;
+    }
+    let input = json!({"config": config, "cases": cases.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()});
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, jinja2\n\
+             env = jinja2.Environment()\n\
+             d = json.load(sys.stdin)\n\
+             print(json.dumps([env.from_string(d['config'][k]).render(**v) for k, v in d['cases']]))\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "jinja2 rendering failed");
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Issue 13.5: what Home Assistant would show and send. Every state template, rendered against
+/// the bridge's state envelope, gives the value Home Assistant compares with its payloads, and
+/// every command template gives the platform's `{"values": {...}}` command.
+#[test]
+fn home_assistant_templates_read_the_state_envelope_and_write_platform_commands() {
+    use sv_bridge::discovery::{Context, generate};
+    let devices: Vec<sv_bridge::settings::DeviceInfo> = serde_json::from_value(json!([
+        {"device_id": "lamp", "class": "light.dimmable",
+         "capabilities": {"power": {"settable": true}, "brightness": {"settable": true, "max": 100}}},
+        {"device_id": "plug", "class": "switch.outlet", "capabilities": {"on": {"settable": true}}},
+        {"device_id": "pir", "class": "sensor.motion"},
+        {"device_id": "ac", "class": "climate.ac",
+         "capabilities": {"target_temperature": {"settable": true}}},
+        {"device_id": "fan", "class": "climate.air_purifier",
+         "capabilities": {"speed": {"settable": true}}},
+        {"device_id": "door", "class": "security.lock"}
+    ]))
+    .unwrap();
+    let ctx = Context {
+        prefix: "homeassistant",
+        root: "IoT2mqtt/v1/instances/inst",
+        instance: "inst",
+    };
+    let configs = generate(&ctx, &devices);
+    let by = |d: &str| &configs.iter().find(|c| c.device_id == d).unwrap().payload;
+    // The envelope as the bridge publishes it on …/state.
+    let env =
+        |state: Value| json!({"value_json": {"timestamp": "t", "device_id": "d", "state": state}});
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+
+    let lamp = by("lamp");
+    let Some(r) = render_jinja(
+        lamp,
+        &[
+            (
+                "state_template",
+                env(json!({"power": true, "brightness": 50})),
+            ),
+            ("state_template", env(json!({"power": false}))),
+            (
+                "brightness_template",
+                env(json!({"power": true, "brightness": 50})),
+            ),
+            (
+                "command_on_template",
+                json!({"state": "on", "brightness": 255}),
+            ),
+            ("command_on_template", json!({"state": "on"})),
+            ("command_off_template", json!({"state": "off"})),
+        ],
+    ) else {
+        return;
+    };
+    assert_eq!(
+        (r[0].as_str(), r[1].as_str(), r[2].as_str()),
+        ("on", "off", "128")
+    );
+    assert_eq!(
+        parse(&r[3]),
+        json!({"values": {"power": true, "brightness": 100}})
+    );
+    assert_eq!(parse(&r[4]), json!({"values": {"power": true}}));
+    assert_eq!(parse(&r[5]), json!({"values": {"power": false}}));
+
+    let plug = by("plug");
+    let r = render_jinja(plug, &[("value_template", env(json!({"on": true})))]).unwrap();
+    assert_eq!(r[0], plug["state_on"].as_str().unwrap());
+
+    let pir = by("pir");
+    let r = render_jinja(pir, &[("value_template", env(json!({"motion": false})))]).unwrap();
+    assert_eq!(r[0], pir["payload_off"].as_str().unwrap());
+
+    let ac = by("ac");
+    let r = render_jinja(
+        ac,
+        &[
+            ("mode_command_template", json!({"value": "cool"})),
+            ("temperature_command_template", json!({"value": 21.5})),
+            (
+                "current_temperature_template",
+                env(json!({"temperature": 23.4})),
+            ),
+        ],
+    )
+    .unwrap();
+    assert_eq!(parse(&r[0]), json!({"values": {"mode": "cool"}}));
+    assert_eq!(
+        parse(&r[1]),
+        json!({"values": {"target_temperature": 21.5}})
+    );
+    assert_eq!(r[2], "23.4");
+
+    let fan = by("fan");
+    let r = render_jinja(
+        fan,
+        &[
+            ("command_template", json!({"value": "ON"})),
+            ("command_template", json!({"value": "OFF"})),
+            ("percentage_command_template", json!({"value": 40})),
+            ("state_value_template", env(json!({"power": true}))),
+        ],
+    )
+    .unwrap();
+    assert_eq!(parse(&r[0]), json!({"values": {"power": true}}));
+    assert_eq!(parse(&r[1]), json!({"values": {"power": false}}));
+    assert_eq!(parse(&r[2]), json!({"values": {"speed": 40}}));
+    assert_eq!(r[3], "ON");
+
+    let lock = by("door");
+    let r = render_jinja(lock, &[("value_template", env(json!({"locked": true})))]).unwrap();
+    assert_eq!(r[0], "LOCKED");
+    assert_eq!(
+        parse(lock["payload_unlock"].as_str().unwrap()),
+        json!({"values": {"locked": false}})
+    );
+}
+
+/// Issue 13.5 and 13.6 with the Node.js helper: `haDiscovery` and `discovered`.
+#[test]
+fn the_node_helper_sends_discovery_configs_and_discovered_devices() {
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("skipped: node is not installed");
+        return;
+    }
+    let Some((_broker, _app, bridge, sub)) = setup() else {
+        return;
+    };
+    // The helper writes queued requests on connect; ending the socket after that flushes them.
+    let st = Command::new("node")
+        .args([
+            "-e",
+            "const { Client } = require('./iot2mqtt_sv');\n\
+             const c = new Client({ devices: ['d1'] });\n\
+             c.haDiscovery('d1', 'binary_sensor', { state_topic: 'x', name: 'Window' }, 'window');\n\
+             c.discovered([{ device_id: 'new1' }]);\n\
+             c.connect();\n\
+             c.sock.on('connect', () => c.close());\n",
+        ])
+        .current_dir(repo().join("clients/node"))
+        .env("IOT2MQTT_SV_BRIDGE_SOCKET", &bridge.socket)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let c = json_on(
+        &sub,
+        &format!("homeassistant/binary_sensor/{INST}_d1_window/config"),
+        |_| true,
+    );
+    assert_eq!(c["unique_id"], format!("{INST}_d1_window"));
+    assert_eq!(c["availability_mode"], "all");
+    let d = json_on(&sub, &format!("{}/discovered", root()), |_| true);
+    assert_eq!(d["devices"], json!([{"device_id": "new1"}]));
 }
