@@ -274,6 +274,7 @@ fn failing_start_of_a_non_critical_program_goes_fatal_and_the_rest_keeps_running
         common::find_program(&st, "steady").unwrap()["state"],
         "RUNNING"
     );
+    sv.wait_logged("gave up: FATAL", |e| e["program"] == "broken");
     // FATAL is final: no further start attempt is made behind the operator's back.
     assert_eq!(program_events(&sv, "start failed", "broken").len(), 4);
     // The supervisor itself answers; its health verdict about the FATAL program is recorded.
