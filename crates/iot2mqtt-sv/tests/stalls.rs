@@ -18,8 +18,11 @@ use sv_testkit::{WAIT, wait_for};
 /// all the time. The loop must keep answering `status`, `health` and `/metrics`, drop (and count)
 /// its own lines, and stop every program and exit on SIGTERM although the writer thread is stuck
 /// in `write(2)`. Before the fix the loop blocked in a log call: no answer, no shutdown.
-#[test]
-fn stalled_output_never_blocks_the_supervisor() {
+/// Starts a supervisor whose stdout and stderr are one 4 KiB pipe nobody reads, with a program
+/// that writes without pause and a crash-looping one that makes the supervisor log all the time,
+/// and waits until the stall shows: the supervisor's own lines no longer fit and are counted.
+/// Returns it with that count.
+fn stalled_supervisor() -> (Sv, u64) {
     let config = format!(
         "[supervisor.http]\nlisten = \"127.0.0.1:0\"\n\n\
          [program.spam]\ncommand = {spam}\nstartsecs = 0\n\n\
@@ -28,7 +31,7 @@ fn stalled_output_never_blocks_the_supervisor() {
         spam = child_cmd(&["--spam", "100000000"]),
         flap = child_cmd(&["--exit", "3", "--exit-after-ms", "0"]),
     );
-    let mut sv = Sv::spawn(
+    let sv = Sv::spawn(
         &config,
         SvOptions {
             stalled_output: true,
@@ -36,12 +39,20 @@ fn stalled_output_never_blocks_the_supervisor() {
         },
     );
     sv.wait_socket();
-
-    // Observable proof of the stall: the supervisor's own lines no longer fit and are counted.
     let dropped = wait_for("supervisor log lines dropped in status", WAIT, || {
         let n = sv.try_status_json()?["supervisor"]["log_lines_dropped"].as_u64()?;
         (n > 0).then_some(n)
     });
+    (sv, dropped)
+}
+
+/// A stalled log collector (`2>&1` into a full pipe) while a program is chatty. The loop must
+/// keep answering `status`, `health` and `/metrics`, drop (and count) its own lines, and stop
+/// every program and exit on SIGTERM although the writer thread is stuck in `write(2)`. Before
+/// the fix the loop blocked in a log call: no answer, no shutdown.
+#[test]
+fn stalled_output_never_blocks_the_supervisor() {
+    let (mut sv, dropped) = stalled_supervisor();
     let status = sv.status_json();
     let spam = find_program(&status, "spam").expect("spam in status");
     assert_eq!(spam["state"], "RUNNING", "{status}");
@@ -82,6 +93,36 @@ fn stalled_output_never_blocks_the_supervisor() {
     sv.sigterm();
     assert_eq!(sv.wait_exit(), 0);
     assert!(!alive(spam_pid), "spam outlived the supervisor");
+}
+
+/// When the output moves again, the log itself says that supervisor lines are missing, and
+/// program output resumes.
+#[test]
+fn once_output_moves_again_the_log_says_lines_were_dropped() {
+    let (mut sv, _) = stalled_supervisor();
+    let reader = sv.take_stalled_output().expect("the stalled pipe");
+    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = out.clone();
+    // Reads until the supervisor and its programs have closed the pipe.
+    let drain = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut reader = std::fs::File::from(reader);
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    wait_for("the report of dropped lines", WAIT, || {
+        let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+        text.contains("supervisor log lines were dropped: stdout/stderr did not keep up")
+            .then_some(())
+    });
+    sv.sigterm();
+    assert_eq!(sv.wait_exit(), 0);
+    drain.join().expect("reader thread");
 }
 
 /// Whether this machine can give a process a network namespace with a TUN device as its

@@ -753,8 +753,20 @@ fn format_line(format: LogFormat, l: &LineRef<'_>, buf: &mut Vec<u8>) {
 fn write_loop(mut rx: mpsc::Receiver<Msg>, own: &OwnLines, mut sinks: [Sink; 2]) {
     let mut last: Option<usize> = None;
     let mut buf = Vec::with_capacity(1024);
+    let mut reported = 0;
     loop {
         write_own(own, &mut sinks, &mut last);
+        // Once the output moves again, say in the log itself that lines are missing (the line
+        // goes through the queue like any other, and is counted if it cannot be queued).
+        let dropped = own.dropped.load(Ordering::Relaxed);
+        if dropped > reported {
+            tracing::warn!(
+                dropped = dropped - reported,
+                total = dropped,
+                "supervisor log lines were dropped: stdout/stderr did not keep up"
+            );
+            reported = own.dropped.load(Ordering::Relaxed);
+        }
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(mpsc::error::TryRecvError::Empty) => {

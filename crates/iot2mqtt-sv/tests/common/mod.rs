@@ -424,6 +424,12 @@ impl Sv {
         })
     }
 
+    /// The unread end of the [`SvOptions::stalled_output`] pipe, for a test that starts reading
+    /// it (the output then moves again).
+    pub fn take_stalled_output(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.stalled.take()
+    }
+
     /// Waits until the supervisor's JSON log (stderr) has an event `message` for which `pred`
     /// holds. The supervisor's own lines reach stderr through the log writer thread, shortly
     /// after the state change that caused them may already show in `status`; one writer writes
