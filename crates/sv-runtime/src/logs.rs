@@ -490,11 +490,17 @@ impl LogHub {
     /// bounds the wait for descendants that still hold a pipe open and for a stalled output.
     /// Returns whether every reader finished and everything was written.
     pub async fn drain(&self, grace: Duration) -> bool {
-        let mut readers = self.inner.readers.subscribe();
-        let done = tokio::time::timeout(grace, readers.wait_for(|&n| n == 0))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let done = self.wait_readers(grace).await;
         self.flush(grace).await && done
+    }
+
+    /// Waits (at most `grace`) until every pipe reached EOF and its lines were handed to the
+    /// writer (not necessarily written). Returns whether that happened.
+    pub async fn wait_readers(&self, grace: Duration) -> bool {
+        let mut readers = self.inner.readers.subscribe();
+        tokio::time::timeout(grace, readers.wait_for(|&n| n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn register(&self, program: &str) -> Arc<str> {

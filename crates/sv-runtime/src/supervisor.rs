@@ -286,12 +286,12 @@ pub async fn run(opts: Options) -> i32 {
     if socket_owned {
         let _ = std::fs::remove_file(&sup.control_socket);
     }
-    if !sup.logs.drain(LOG_DRAIN).await {
+    if !sup.logs.wait_readers(LOG_DRAIN).await {
         debug!("some output pipes were still open at exit, or the output is stalled");
     }
     info!(code, "supervisor exiting");
-    // Bounded: with the output stalled the writer thread stays blocked and the process exits
-    // without it (issue 12).
+    // One bounded flush for the programs' last lines and this one: with the output stalled the
+    // writer thread stays blocked, and the process exits without it (issue 12).
     sup.logs.flush(LOG_DRAIN).await;
     code
 }
