@@ -110,6 +110,8 @@ const READ_BYTES: usize = 64 * 1024;
 const READ_BYTES_MIN: usize = 4 * 1024;
 /// Buffer of each output stream of the writer.
 const WRITE_BUF: usize = 64 * 1024;
+/// The longest [`LogHub::flush`] waits for a writer that keeps making progress.
+const FLUSH_MAX: Duration = Duration::from_secs(2);
 /// Bytes of the supervisor's own log lines that may wait for the writer; past that, lines are
 /// dropped and counted. About 500 lines: a burst of events (a start-up, a shutdown) fits, a
 /// stalled log collector costs PID 1 no more memory than this.
@@ -162,10 +164,32 @@ impl OwnLines {
     }
 }
 
+/// What the writer thread is doing, for [`LogHub::flush`] to tell a stalled output (stuck in
+/// one `write`) from a slow or merely descheduled writer (on a loaded machine), which it waits for.
+#[derive(Default)]
+struct Progress {
+    /// Writes and flushes completed.
+    done: AtomicU64,
+    /// Inside a write or flush of a sink.
+    writing: AtomicBool,
+}
+
+impl Progress {
+    /// Runs one write or flush, recording it.
+    fn track<T>(&self, io: impl FnOnce() -> T) -> T {
+        self.writing.store(true, Ordering::Release);
+        let r = io();
+        self.writing.store(false, Ordering::Release);
+        self.done.fetch_add(1, Ordering::Release);
+        r
+    }
+}
+
 /// A writer thread over two sinks (stdout, stderr), and the queue of the supervisor's own lines.
 struct Writer {
     tx: mpsc::Sender<Msg>,
     own: Arc<OwnLines>,
+    progress: Arc<Progress>,
 }
 
 impl Writer {
@@ -176,7 +200,11 @@ impl Writer {
             dropped: AtomicU64::new(0),
             wake_pending: AtomicBool::new(false),
         });
-        let sinks = [Sink::new(stdout, "stdout"), Sink::new(stderr, "stderr")];
+        let progress = Arc::new(Progress::default());
+        let sinks = [
+            Sink::new(stdout, "stdout", progress.clone()),
+            Sink::new(stderr, "stderr", progress.clone()),
+        ];
         let queue = own.clone();
         // A dedicated thread rather than spawn_blocking: it lives as long as the process and
         // would otherwise pin a blocking-pool thread (and hold up the runtime's shutdown); a
@@ -187,7 +215,7 @@ impl Writer {
         let _ = std::thread::Builder::new()
             .name("sv-log-writer".into())
             .spawn(move || write_loop(rx, &queue, sinks));
-        Writer { tx, own }
+        Writer { tx, own, progress }
     }
 }
 
@@ -345,6 +373,7 @@ struct ProgramLog {
 
 struct Inner {
     format: LogFormat,
+    progress: Arc<Progress>,
     ring_lines: usize,
     max_line_bytes: usize,
     tx: mpsc::Sender<Msg>,
@@ -372,7 +401,14 @@ impl LogHub {
     /// A hub writing to the supervisor's own stdout and stderr, through the process's one
     /// writer thread (which also writes the supervisor's own log lines).
     pub fn new(format: LogFormat, ring_lines: usize, max_line_bytes: usize) -> LogHub {
-        Self::build(format, ring_lines, max_line_bytes, std_writer().tx.clone())
+        let w = std_writer();
+        Self::build(
+            format,
+            ring_lines,
+            max_line_bytes,
+            w.tx.clone(),
+            w.progress.clone(),
+        )
     }
 
     /// A hub writing to the given sinks instead of stdout/stderr (tests, benchmarks), with a
@@ -385,7 +421,13 @@ impl LogHub {
         stderr: Box<dyn Write + Send>,
     ) -> LogHub {
         let writer = Writer::start([stdout, stderr]);
-        Self::build(format, ring_lines, max_line_bytes, writer.tx)
+        Self::build(
+            format,
+            ring_lines,
+            max_line_bytes,
+            writer.tx,
+            writer.progress,
+        )
     }
 
     fn build(
@@ -393,10 +435,12 @@ impl LogHub {
         ring_lines: usize,
         max_line_bytes: usize,
         tx: mpsc::Sender<Msg>,
+        progress: Arc<Progress>,
     ) -> LogHub {
         LogHub {
             inner: Arc::new(Inner {
                 format,
+                progress,
                 ring_lines,
                 max_line_bytes: max_line_bytes.max(1),
                 tx,
@@ -476,13 +520,31 @@ impl LogHub {
             .subscribe()
     }
 
-    /// Waits (at most `limit`) until every line queued so far, the supervisor's own included,
-    /// has been written and the sinks flushed. Returns whether that happened: with the output
-    /// stalled it does not, and nobody waits for it longer than `limit`.
-    pub async fn flush(&self, limit: Duration) -> bool {
+    /// Waits until every line queued so far, the supervisor's own included, has been written
+    /// and the sinks flushed, and returns true; or gives up and returns false once the output
+    /// is stalled: the writer sat in one write for all of `stall`. A writer that makes progress
+    /// or is not in a write (descheduled on a loaded machine) is waited for, at most
+    /// [`FLUSH_MAX`] in all.
+    pub async fn flush(&self, stall: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
         let done = async { self.inner.tx.send(Msg::Flush(tx)).await.is_ok() && rx.await.is_ok() };
-        tokio::time::timeout(limit, done).await.unwrap_or(false)
+        let progress = &self.inner.progress;
+        let mut seen = progress.done.load(Ordering::Acquire);
+        let watch = async {
+            loop {
+                tokio::time::sleep(stall).await;
+                let now = progress.done.load(Ordering::Acquire);
+                if now == seen && progress.writing.load(Ordering::Acquire) {
+                    return;
+                }
+                seen = now;
+            }
+        };
+        tokio::select! {
+            r = done => r,
+            () = watch => false,
+            () = tokio::time::sleep(FLUSH_MAX) => false,
+        }
     }
 
     /// Waits (at most `grace`) until every pipe reached EOF, then flushes (at most `grace`
@@ -670,27 +732,29 @@ struct Sink {
     out: BufWriter<Box<dyn Write + Send>>,
     name: &'static str,
     broken: bool,
+    progress: Arc<Progress>,
 }
 
 impl Sink {
-    fn new(w: Box<dyn Write + Send>, name: &'static str) -> Sink {
+    fn new(w: Box<dyn Write + Send>, name: &'static str, progress: Arc<Progress>) -> Sink {
         Sink {
             out: BufWriter::with_capacity(WRITE_BUF, w),
             name,
             broken: false,
+            progress,
         }
     }
 
     fn write(&mut self, bytes: &[u8]) {
         if !self.broken {
-            let r = self.out.write_all(bytes);
+            let r = self.progress.track(|| self.out.write_all(bytes));
             self.check(r);
         }
     }
 
     fn flush(&mut self) {
         if !self.broken {
-            let r = self.out.flush();
+            let r = self.progress.track(|| self.out.flush());
             self.check(r);
         }
     }
