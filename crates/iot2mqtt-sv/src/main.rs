@@ -16,6 +16,8 @@ use sv_runtime::control::Request;
 use sv_runtime::{client, startup};
 
 const DEFAULT_CONFIG: &str = "/etc/iot2mqtt-sv.toml";
+/// How long `run` waits at exit for blocking tasks still running (issue 12, point 7).
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -172,7 +174,9 @@ fn init_tracing(format: LogFormat) {
     // which PID 1 would carry in its resident memory for nothing.
     let builder = tracing_subscriber::fmt()
         .with_max_level(sv_bridge::log_level(env("LOG_LEVEL").as_deref()))
-        .with_writer(std::io::stderr)
+        // Through the log writer's bounded queue, never a blocking write from the loop: with
+        // stdout stalled, lines are dropped and counted instead (issue 12).
+        .with_writer(|| sv_runtime::logs::OwnLogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = match format {
@@ -242,6 +246,10 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
             extra_env,
         },
     ));
+    // Dropping the runtime would wait for every blocking task, and a name resolution of a
+    // tcp/http probe (getaddrinfo on tokio's blocking pool) can hang for minutes on a resolver
+    // that does not answer: bound the wait, the process exit ends such threads.
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN);
     code.clamp(0, 255) as u8
 }
 

@@ -384,9 +384,11 @@ fn sensor_hub_generates_its_config_first_then_runs_the_automation_and_group_comm
     assert!(run_dir.join("hub.json").is_file());
 
     // The generator exited before anything that depends on it was spawned.
-    let log = sv.stderr();
-    let gen_done = line_index(&log, &["exited", "program=gen", "exit code 0"])
-        .unwrap_or_else(|| panic!("no exit of gen in:\n{log}"));
+    // Written by the log writer thread shortly after the state change: waited for.
+    let (log, gen_done) = wait_for("the exit of gen in the log", WAIT, || {
+        let log = sv.stderr();
+        line_index(&log, &["exited", "program=gen", "exit code 0"]).map(|i| (log, i))
+    });
     for name in ["radio", "actuators", "coordinator"] {
         let spawned = line_index(&log, &["spawned", &format!("program={name} ")])
             .unwrap_or_else(|| panic!("{name} never spawned:\n{log}"));

@@ -716,15 +716,17 @@ fn dependents_stop_before_their_dependencies_whatever_the_priorities() {
     sv.wait_socket();
     sv.wait_state("app", "RUNNING");
     wait_pid_file(&app_pid);
-    let spawned: Vec<String> = {
-        // Text log: `spawned program=NAME`.
-        let err = sv.stderr();
-        err.lines()
+    // Text log: `spawned program=NAME`; written by the log writer thread, so waited for.
+    let spawned: Vec<String> = wait_for("two spawn lines", WAIT, || {
+        let v: Vec<String> = sv
+            .stderr()
+            .lines()
             .filter(|l| l.contains(" spawned "))
             .filter_map(|l| l.split("program=").nth(1))
             .map(|r| r.split_whitespace().next().unwrap_or("").to_string())
-            .collect()
-    };
+            .collect();
+        (v.len() >= 2).then_some(v)
+    });
     assert_eq!(spawned, ["db", "app"]);
     sv.sigterm();
     assert_eq!(sv.wait_exit(), 0, "stderr:\n{}", sv.stderr());

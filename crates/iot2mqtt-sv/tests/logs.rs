@@ -250,9 +250,9 @@ fn a_closed_stdout_neither_blocks_programs_nor_kills_the_supervisor() {
 }
 
 /// With the supervisor's stdout and stderr one pipe (`2>&1`, a terminal), its own messages —
-/// here a crash-looping program's `exited` lines, written from the main thread — never land
-/// inside a program's line, although program output is written in blocks larger than the
-/// pipe's atomic write size (the writer takes turns with them).
+/// here a crash-looping program's `exited` lines, logged by the main loop — never land inside a
+/// program's line, although program output is written in blocks larger than the pipe's atomic
+/// write size (one writer thread writes both, in turn).
 #[test]
 fn with_stdout_and_stderr_one_pipe_supervisor_messages_never_split_program_lines() {
     const N: usize = 20_000;

@@ -337,6 +337,7 @@ fn readiness_timeout_fails_starts_until_fatal() {
         "{s}"
     );
     assert_eq!(s["pid"], Value::Null, "{s}");
+    sv.wait_logged("gave up: FATAL", |e| e["program"] == "mute");
     let spawns = events(&sv, "spawned")
         .iter()
         .filter(|e| e["program"] == "mute")
@@ -463,6 +464,9 @@ fn on_dependency_restart_restart_follows_the_dependency() {
     assert_eq!(f["restarts"], 1, "{f}");
     let db2 = sv.wait_state("db", "RUNNING");
     assert_ne!(db2["pid"], db["pid"]);
+    sv.wait_logged("spawned", |e| {
+        e["program"] == "follower" && e["pid"] == f["pid"]
+    });
     // The follower waited for the new db process before starting again.
     let stopping = events(&sv, "stopping");
     assert!(
@@ -538,6 +542,7 @@ fn failing_liveness_probe_restarts_the_program() {
     });
     assert!(s["probe_failures"].as_u64() >= Some(2), "{s}");
     wait_lines(&runs, 2);
+    sv.wait_logged("spawned", |e| e["program"] == "svc" && e["pid"] == s["pid"]);
     let unhealthy = events(&sv, "unhealthy");
     assert!(
         unhealthy
@@ -578,6 +583,7 @@ fn a_silent_watchdog_restarts_the_program() {
         "300000",
         "WATCHDOG_USEC is exported"
     );
+    sv.wait_logged("spawned", |e| e["program"] == "dog" && e["pid"] == s["pid"]);
     let unhealthy = events(&sv, "unhealthy");
     assert!(
         unhealthy
@@ -668,6 +674,7 @@ fn tcp_liveness_restarts_a_program_that_stops_listening() {
     });
     assert_ne!(s["pid"], first["pid"], "{s}");
     assert!(s["probe_failures"].as_u64() >= Some(2), "{s}");
+    sv.wait_logged("spawned", |e| e["program"] == "net" && e["pid"] == s["pid"]);
     let unhealthy = events(&sv, "unhealthy");
     assert!(
         unhealthy.iter().any(|e| e["program"] == "net"

@@ -274,6 +274,7 @@ fn failing_start_of_a_non_critical_program_goes_fatal_and_the_rest_keeps_running
         common::find_program(&st, "steady").unwrap()["state"],
         "RUNNING"
     );
+    sv.wait_logged("gave up: FATAL", |e| e["program"] == "broken");
     // FATAL is final: no further start attempt is made behind the operator's back.
     assert_eq!(program_events(&sv, "start failed", "broken").len(), 4);
     // The supervisor itself answers; its health verdict about the FATAL program is recorded.
@@ -499,12 +500,14 @@ fn programs_ignoring_sigterm_are_killed_and_run_exits_0() {
         "[supervisor]\nlog_format = \"json\"\nshutdown_timeout = \"3s\"\n\n\
          [program.short]\ncommand = {}\nstartsecs = 0\nstopwaitsecs = \"300ms\"\n\n\
          [program.long]\ncommand = {}\nstartsecs = 0\nstopwaitsecs = \"60s\"\n",
-        child_cmd(&["--ignore-term"]),
-        child_cmd(&["--ignore-term"]),
+        child_cmd(&["--ignore-term", "--pid-file", "short.pid"]),
+        child_cmd(&["--ignore-term", "--pid-file", "long.pid"]),
     );
     let mut sv = Sv::start(&config);
-    let short = sv.wait_state("short", "RUNNING")["pid"].as_i64().unwrap() as i32;
-    let long = sv.wait_state("long", "RUNNING")["pid"].as_i64().unwrap() as i32;
+    // RUNNING comes at spawn (`startsecs = 0`); the pid files, once SIGTERM is blocked: before
+    // that, a SIGTERM would simply end the program.
+    let short = wait_pid_file(&sv.path("short.pid"));
+    let long = wait_pid_file(&sv.path("long.pid"));
     let (code, took) = signal_and_wait_exit(&mut sv, Signal::SIGTERM, Duration::from_secs(3));
     assert_eq!(code, 0, "stderr:\n{}", sv.stderr());
     assert!(!alive(short) && !alive(long));

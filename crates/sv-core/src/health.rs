@@ -8,6 +8,7 @@
 //!   `status` of `pass` or `fail`, an `output` saying why, and one check per program under the
 //!   key `program:<name>`.
 //! - [`metrics_text`]: the Prometheus text exposition format, version 0.0.4.
+//! - [`supervisor_metrics_text`]: the supervisor process's own figures (log lines dropped).
 //! - [`bridge_metrics_text`]: the `iot2mqtt_sv_bridge_*` families, appended to the metrics when
 //!   the config has a bridge. The figures are [`BridgeStats`], the bridge's answer to its
 //!   `stats` request, pulled on demand by the HTTP handler; `None` (no answer) renders only
@@ -267,6 +268,21 @@ pub struct BridgeStats {
     pub command_failures_total: u64,
     /// Commands answered by a program with `cmd_result`.
     pub command_results_total: u64,
+}
+
+/// The supervisor process's own figures, appended to [`metrics_text`]:
+/// `iot2mqtt_sv_log_lines_dropped_total`, the supervisor's own log lines dropped because its
+/// stdout/stderr stalled.
+pub fn supervisor_metrics_text(log_lines_dropped: u64) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "iot2mqtt_sv_log_lines_dropped_total",
+        "counter",
+        "Supervisor log lines dropped because its stdout/stderr did not keep up.",
+        &[(vec![], log_lines_dropped.to_string())],
+    );
+    out
 }
 
 /// The `iot2mqtt_sv_bridge_*` metric families for `stats` (`None`: the bridge did not answer):

@@ -203,6 +203,15 @@ pub fn status(
     if let Some(addr) = reply["supervisor"]["http"].as_str() {
         writeln!(out, "http: http://{addr}/health")?;
     }
+    if let Some(n) = reply["supervisor"]["log_lines_dropped"]
+        .as_u64()
+        .filter(|&n| n > 0)
+    {
+        writeln!(
+            out,
+            "log: {n} supervisor log lines dropped (stdout/stderr did not keep up)"
+        )?;
+    }
     Ok(0)
 }
 

@@ -7,7 +7,8 @@
 //!   with one check per program ([`sv_core::health::health_json`]);
 //! - `/ready`: as `/health`, and also 503 once a shutdown is under way, so a load balancer stops
 //!   sending traffic before the programs stop;
-//! - `/metrics`: Prometheus text format ([`sv_core::health::metrics_text`]), followed, when the
+//! - `/metrics`: Prometheus text format ([`sv_core::health::metrics_text`]), then the
+//!   supervisor's own figures ([`sv_core::health::supervisor_metrics_text`]), then, when the
 //!   supervisor runs a bridge, by the bridge's figures ([`sv_core::health::bridge_metrics_text`]).
 //!
 //! The server exposes no control verbs: it can only read.
@@ -40,7 +41,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sv_core::health::{
     BridgeStats, HEALTH_CONTENT_TYPE, METRICS_CONTENT_TYPE, bridge_metrics_text, health_json,
-    metrics_text, unresponsive_json,
+    metrics_text, supervisor_metrics_text, unresponsive_json,
 };
 use sv_core::machine::Snapshot;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -249,6 +250,7 @@ async fn handle(
         }
         _ => {
             let mut text = metrics_text(&snap);
+            text.push_str(&supervisor_metrics_text(crate::logs::own_lines_dropped()));
             if let Some(path) = bridge {
                 let stats = bridge_stats(&path).await;
                 text.push_str(&bridge_metrics_text(stats.as_ref()));

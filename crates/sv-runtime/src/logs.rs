@@ -33,9 +33,15 @@
 //! - the writer never panics: when a write fails (EPIPE after the reader of our stdout went
 //!   away, or any other error) it logs one warning and drops that stream's output from then on;
 //! - blocking writes happen on a dedicated thread, never on the async executor;
-//! - no line is split by another writer: the supervisor's own messages go to stderr from other
-//!   threads, so when stdout and stderr are one file the writer takes stderr's lock around its
-//!   writes (see `write_loop`).
+//! - the supervisor's own log lines (`tracing`, through [`OwnLogWriter`]) go through the same
+//!   writer thread, so no line is ever split by another writer, by construction, with no lock
+//!   shared with the event loop. They wait in a bounded queue ([`OWN_QUEUE_BYTES`]) that is never
+//!   waited on: when the output stalls and the queue is full, a line is dropped and counted
+//!   ([`own_lines_dropped`], shown by `status` and `/metrics`). Program output keeps its
+//!   lossless backpressure on the programs; PID 1's loop never blocks on a write (issue 12);
+//! - the writer writes to its own duplicates of fds 1 and 2, not through `std::io::stdout`, so a
+//!   writer stuck in `write(2)` holds no lock anyone else takes, and the process can exit
+//!   with it still blocked (exit ends every thread).
 //!
 //! The caller of [`LogHub::pipe`] must close its copy of the returned write end once the child
 //! has it (after spawning), or the reader never sees EOF.
@@ -44,8 +50,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, BufWriter, Write};
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -103,12 +110,156 @@ const READ_BYTES: usize = 64 * 1024;
 const READ_BYTES_MIN: usize = 4 * 1024;
 /// Buffer of each output stream of the writer.
 const WRITE_BUF: usize = 64 * 1024;
+/// The longest [`LogHub::flush`] waits for a writer that keeps making progress.
+const FLUSH_MAX: Duration = Duration::from_secs(2);
+/// Bytes of the supervisor's own log lines that may wait for the writer; past that, lines are
+/// dropped and counted. About 500 lines: a burst of events (a start-up, a shutdown) fits, a
+/// stalled log collector costs PID 1 no more memory than this.
+pub const OWN_QUEUE_BYTES: usize = 64 * 1024;
 
 enum Msg {
     /// The lines of one read from one pipe, in order: one channel message and one writer
     /// wake-up per read instead of per line.
-    Lines(Arc<Batch>),
+    Lines(Arc<Batch>, LogFormat),
     Flush(oneshot::Sender<()>),
+    /// The supervisor's own queue has lines (see [`OwnLines::push`]).
+    Wake,
+}
+
+/// The supervisor's own log lines on their way to the writer.
+struct OwnLines {
+    // A std mutex: held to push or take lines, never while writing.
+    queue: Mutex<(VecDeque<Vec<u8>>, usize)>,
+    dropped: AtomicU64,
+    /// A [`Msg::Wake`] is on its way or the writer is about to look at the queue anyway.
+    wake_pending: AtomicBool,
+}
+
+impl OwnLines {
+    /// Queues one line, or drops and counts it when the queue is full. Never blocks beyond the
+    /// queue's mutex, which nobody holds across a write.
+    fn push(&self, line: &[u8], tx: &mpsc::Sender<Msg>) {
+        {
+            let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if q.1 + line.len() > OWN_QUEUE_BYTES {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            q.1 += line.len();
+            q.0.push_back(line.to_vec());
+        }
+        // When the channel is full the writer has messages to handle, and it takes the queue
+        // before each one: no wake-up is needed then.
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = tx.try_send(Msg::Wake);
+        }
+    }
+
+    /// Takes every queued line.
+    fn take(&self) -> VecDeque<Vec<u8>> {
+        self.wake_pending.store(false, Ordering::Release);
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.1 = 0;
+        std::mem::take(&mut q.0)
+    }
+}
+
+/// What the writer thread is doing, for [`LogHub::flush`] to tell a stalled output (stuck in
+/// one `write`) from a slow or merely descheduled writer (on a loaded machine), which it waits for.
+#[derive(Default)]
+struct Progress {
+    /// Writes and flushes completed.
+    done: AtomicU64,
+    /// Inside a write or flush of a sink.
+    writing: AtomicBool,
+}
+
+impl Progress {
+    /// Runs one write or flush, recording it.
+    fn track<T>(&self, io: impl FnOnce() -> T) -> T {
+        self.writing.store(true, Ordering::Release);
+        let r = io();
+        self.writing.store(false, Ordering::Release);
+        self.done.fetch_add(1, Ordering::Release);
+        r
+    }
+}
+
+/// A writer thread over two sinks (stdout, stderr), and the queue of the supervisor's own lines.
+struct Writer {
+    tx: mpsc::Sender<Msg>,
+    own: Arc<OwnLines>,
+    progress: Arc<Progress>,
+}
+
+impl Writer {
+    fn start([stdout, stderr]: [Box<dyn Write + Send>; 2]) -> Writer {
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let own = Arc::new(OwnLines {
+            queue: Mutex::new((VecDeque::new(), 0)),
+            dropped: AtomicU64::new(0),
+            wake_pending: AtomicBool::new(false),
+        });
+        let progress = Arc::new(Progress::default());
+        let sinks = [
+            Sink::new(stdout, "stdout", progress.clone()),
+            Sink::new(stderr, "stderr", progress.clone()),
+        ];
+        let queue = own.clone();
+        // A dedicated thread rather than spawn_blocking: it lives as long as the process and
+        // would otherwise pin a blocking-pool thread (and hold up the runtime's shutdown); a
+        // plain thread also needs no runtime to exist. If it cannot start, the channel is
+        // closed: readers then drop lines instead of blocking programs forever, the ring
+        // buffers still work, and the own queue fills and counts drops. (No message about it:
+        // it would go to this very writer.)
+        let _ = std::thread::Builder::new()
+            .name("sv-log-writer".into())
+            .spawn(move || write_loop(rx, &queue, sinks));
+        Writer { tx, own, progress }
+    }
+}
+
+/// The writer of the process's stdout and stderr, started on first use.
+fn std_writer() -> &'static Writer {
+    static STD: OnceLock<Writer> = OnceLock::new();
+    STD.get_or_init(|| {
+        Writer::start([
+            std_file(io::stdout().as_fd()),
+            std_file(io::stderr().as_fd()),
+        ])
+    })
+}
+
+/// The process's own log lines dropped so far because the output stalled (see the module doc).
+pub fn own_lines_dropped() -> u64 {
+    std_writer().own.dropped.load(Ordering::Relaxed)
+}
+
+/// A duplicate of fd 1 or 2 as a plain file: writes through it take no lock of `std::io`'s.
+/// A closed fd gives a sink that discards.
+fn std_file(fd: BorrowedFd<'_>) -> Box<dyn Write + Send> {
+    match fd.try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(io::sink()),
+    }
+}
+
+/// The `tracing` writer for the supervisor's own log lines: each event (one `write` call per
+/// formatted event, which is how `tracing-subscriber`'s fmt layer writes) goes to the queue of
+/// the stdout/stderr writer, to stderr. Never blocks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OwnLogWriter;
+
+impl Write for OwnLogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let w = std_writer();
+        w.own.push(buf, &w.tx);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The lines of one read of one pipe: their text, once, and where each line is in it.
@@ -221,6 +372,8 @@ struct ProgramLog {
 }
 
 struct Inner {
+    format: LogFormat,
+    progress: Arc<Progress>,
     ring_lines: usize,
     max_line_bytes: usize,
     tx: mpsc::Sender<Msg>,
@@ -245,18 +398,21 @@ impl std::fmt::Debug for LogHub {
 }
 
 impl LogHub {
-    /// A hub writing to the supervisor's own stdout and stderr. Starts the writer thread.
+    /// A hub writing to the supervisor's own stdout and stderr, through the process's one
+    /// writer thread (which also writes the supervisor's own log lines).
     pub fn new(format: LogFormat, ring_lines: usize, max_line_bytes: usize) -> LogHub {
+        let w = std_writer();
         Self::build(
             format,
             ring_lines,
             max_line_bytes,
-            [Box::new(io::stdout()), Box::new(io::stderr())],
-            stdout_is_stderr(),
+            w.tx.clone(),
+            w.progress.clone(),
         )
     }
 
-    /// A hub writing to the given sinks instead of stdout/stderr (tests, benchmarks).
+    /// A hub writing to the given sinks instead of stdout/stderr (tests, benchmarks), with a
+    /// writer thread of its own.
     pub fn with_writers(
         format: LogFormat,
         ring_lines: usize,
@@ -264,30 +420,27 @@ impl LogHub {
         stdout: Box<dyn Write + Send>,
         stderr: Box<dyn Write + Send>,
     ) -> LogHub {
-        Self::build(format, ring_lines, max_line_bytes, [stdout, stderr], false)
+        let writer = Writer::start([stdout, stderr]);
+        Self::build(
+            format,
+            ring_lines,
+            max_line_bytes,
+            writer.tx,
+            writer.progress,
+        )
     }
 
     fn build(
         format: LogFormat,
         ring_lines: usize,
         max_line_bytes: usize,
-        [stdout, stderr]: [Box<dyn Write + Send>; 2],
-        one_file: bool,
+        tx: mpsc::Sender<Msg>,
+        progress: Arc<Progress>,
     ) -> LogHub {
-        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let sinks = [Sink::new(stdout, "stdout"), Sink::new(stderr, "stderr")];
-        // A dedicated thread rather than spawn_blocking: it lives as long as the hub and would
-        // otherwise pin a blocking-pool thread; a plain thread also needs no runtime to exist.
-        let spawned = std::thread::Builder::new()
-            .name("sv-log-writer".into())
-            .spawn(move || write_loop(format, rx, sinks, one_file));
-        if let Err(e) = spawned {
-            // Without a writer the channel is closed: readers then drop lines instead of blocking
-            // programs forever, and the ring buffers still work.
-            tracing::error!(error = %e, "cannot start the log writer thread; program output is not written");
-        }
         LogHub {
             inner: Arc::new(Inner {
+                format,
+                progress,
                 ring_lines,
                 max_line_bytes: max_line_bytes.max(1),
                 tx,
@@ -367,24 +520,49 @@ impl LogHub {
             .subscribe()
     }
 
-    /// Waits until every line queued so far has been written and the sinks flushed.
-    pub async fn flush(&self) {
+    /// Waits until every line queued so far, the supervisor's own included, has been written
+    /// and the sinks flushed, and returns true; or gives up and returns false once the output
+    /// is stalled: the writer sat in one write for all of `stall`. A writer that makes progress
+    /// or is not in a write (descheduled on a loaded machine) is waited for, at most
+    /// [`FLUSH_MAX`] in all.
+    pub async fn flush(&self, stall: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.inner.tx.send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
+        let done = async { self.inner.tx.send(Msg::Flush(tx)).await.is_ok() && rx.await.is_ok() };
+        let progress = &self.inner.progress;
+        let mut seen = progress.done.load(Ordering::Acquire);
+        let watch = async {
+            loop {
+                tokio::time::sleep(stall).await;
+                let now = progress.done.load(Ordering::Acquire);
+                if now == seen && progress.writing.load(Ordering::Acquire) {
+                    return;
+                }
+                seen = now;
+            }
+        };
+        tokio::select! {
+            r = done => r,
+            () = watch => false,
+            () = tokio::time::sleep(FLUSH_MAX) => false,
         }
     }
 
-    /// Waits (at most `grace`) until every pipe reached EOF, then flushes. At exit, after the
-    /// programs are gone, this writes their last lines; `grace` bounds the wait for descendants
-    /// that still hold a pipe open. Returns whether every reader finished.
+    /// Waits (at most `grace`) until every pipe reached EOF, then flushes (at most `grace`
+    /// again). At exit, after the programs are gone, this writes their last lines; `grace`
+    /// bounds the wait for descendants that still hold a pipe open and for a stalled output.
+    /// Returns whether every reader finished and everything was written.
     pub async fn drain(&self, grace: Duration) -> bool {
+        let done = self.wait_readers(grace).await;
+        self.flush(grace).await && done
+    }
+
+    /// Waits (at most `grace`) until every pipe reached EOF and its lines were handed to the
+    /// writer (not necessarily written). Returns whether that happened.
+    pub async fn wait_readers(&self, grace: Duration) -> bool {
         let mut readers = self.inner.readers.subscribe();
-        let done = tokio::time::timeout(grace, readers.wait_for(|&n| n == 0))
+        tokio::time::timeout(grace, readers.wait_for(|&n| n == 0))
             .await
-            .is_ok_and(|r| r.is_ok());
-        self.flush().await;
-        done
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn register(&self, program: &str) -> Arc<str> {
@@ -520,7 +698,11 @@ impl Reader {
         }
         // Waiting here is the backpressure: see the module doc. An error means the writer is
         // gone, and then there is nowhere left to write.
-        let _ = self.inner.tx.send(Msg::Lines(batch)).await;
+        let _ = self
+            .inner
+            .tx
+            .send(Msg::Lines(batch, self.inner.format))
+            .await;
     }
 }
 
@@ -550,27 +732,29 @@ struct Sink {
     out: BufWriter<Box<dyn Write + Send>>,
     name: &'static str,
     broken: bool,
+    progress: Arc<Progress>,
 }
 
 impl Sink {
-    fn new(w: Box<dyn Write + Send>, name: &'static str) -> Sink {
+    fn new(w: Box<dyn Write + Send>, name: &'static str, progress: Arc<Progress>) -> Sink {
         Sink {
             out: BufWriter::with_capacity(WRITE_BUF, w),
             name,
             broken: false,
+            progress,
         }
     }
 
     fn write(&mut self, bytes: &[u8]) {
         if !self.broken {
-            let r = self.out.write_all(bytes);
+            let r = self.progress.track(|| self.out.write_all(bytes));
             self.check(r);
         }
     }
 
     fn flush(&mut self) {
         if !self.broken {
-            let r = self.out.flush();
+            let r = self.progress.track(|| self.out.flush());
             self.check(r);
         }
     }
@@ -630,30 +814,33 @@ fn format_line(format: LogFormat, l: &LineRef<'_>, buf: &mut Vec<u8>) {
 }
 
 /// The writer thread: formats and writes lines in arrival order, flushing whenever it has
-/// nothing more to do so lines appear promptly without a syscall per line under load.
+/// nothing more to do so lines appear promptly without a syscall per line under load. The
+/// supervisor's own lines (`own`) are taken before every message, and written to stderr.
 ///
-/// `one_file`: the supervisor's stdout and stderr are the same pipe or file (`2>&1`, a
-/// terminal). Then the supervisor's own messages, which go straight to stderr from the main
-/// thread, and this thread's writes, which are larger than the pipe's atomic size, could
-/// interleave mid-line; so this thread holds the process's stderr lock (which every write to
-/// `std::io::stderr`, `tracing` included, takes) while it writes. When the two differ, nothing
-/// is shared and no lock is taken: a stalled stdout then never stalls the supervisor's logging.
-fn write_loop(
-    format: LogFormat,
-    mut rx: mpsc::Receiver<Msg>,
-    mut sinks: [Sink; 2],
-    one_file: bool,
-) {
+/// Only this thread writes to the two sinks, so when stdout and stderr are the same pipe or
+/// file (`2>&1`, a terminal) a supervisor message still never lands inside a program's line,
+/// although program output is written in blocks larger than the pipe's atomic write size.
+fn write_loop(mut rx: mpsc::Receiver<Msg>, own: &OwnLines, mut sinks: [Sink; 2]) {
     let mut last: Option<usize> = None;
     let mut buf = Vec::with_capacity(1024);
-    let turn = || one_file.then(|| io::stderr().lock());
+    let mut reported = 0;
     loop {
+        write_own(own, &mut sinks, &mut last);
+        // Once the output moves again, say in the log itself that lines are missing (the line
+        // goes through the queue like any other, and is counted if it cannot be queued).
+        let dropped = own.dropped.load(Ordering::Relaxed);
+        if dropped > reported {
+            tracing::warn!(
+                dropped = dropped - reported,
+                total = dropped,
+                "supervisor log lines were dropped: stdout/stderr did not keep up"
+            );
+            reported = own.dropped.load(Ordering::Relaxed);
+        }
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(mpsc::error::TryRecvError::Empty) => {
-                let guard = turn();
                 sinks.iter_mut().for_each(Sink::flush);
-                drop(guard);
                 match rx.blocking_recv() {
                     Some(m) => m,
                     None => break,
@@ -661,19 +848,13 @@ fn write_loop(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
-        let _guard = turn();
         match msg {
-            Msg::Lines(batch) => {
+            Msg::Lines(batch, format) => {
                 let idx = match batch.stream {
                     Stream::Stdout => 0,
                     Stream::Stderr => 1,
                 };
-                // Keep stdout and stderr lines in order relative to each other when both go to
-                // the same terminal or log collector.
-                if let Some(prev) = last.filter(|&p| p != idx) {
-                    sinks[prev].flush();
-                }
-                last = Some(idx);
+                switch_to(&mut sinks, &mut last, idx);
                 // JSON stamps every line of the batch with the same time: format it once.
                 let ts = (format == LogFormat::Json).then(|| batch.ts.to_string());
                 buf.clear();
@@ -696,21 +877,34 @@ fn write_loop(
                 sinks[idx].write(&buf);
             }
             Msg::Flush(done) => {
+                write_own(own, &mut sinks, &mut last);
                 sinks.iter_mut().for_each(Sink::flush);
                 let _ = done.send(());
             }
+            Msg::Wake => {}
         }
     }
-    let _guard = turn();
+    write_own(own, &mut sinks, &mut last);
     sinks.iter_mut().for_each(Sink::flush);
 }
 
-/// Whether stdout and stderr are the same file (same device and inode).
-fn stdout_is_stderr() -> bool {
-    use std::os::fd::AsFd;
-    let id = |fd| nix::sys::stat::fstat(fd).map(|st| (st.st_dev, st.st_ino));
-    let (out, err) = (io::stdout(), io::stderr());
-    matches!((id(out.as_fd()), id(err.as_fd())), (Ok(a), Ok(b)) if a == b)
+/// Makes `idx` the stream being written. Keeps stdout and stderr lines in order relative to
+/// each other when both go to the same terminal or log collector: switching streams flushes the
+/// other one first.
+fn switch_to(sinks: &mut [Sink; 2], last: &mut Option<usize>, idx: usize) {
+    if let Some(prev) = last.filter(|&p| p != idx) {
+        sinks[prev].flush();
+    }
+    *last = Some(idx);
+}
+
+/// Writes the supervisor's queued lines to stderr.
+fn write_own(own: &OwnLines, sinks: &mut [Sink; 2], last: &mut Option<usize>) {
+    let lines = own.take();
+    if !lines.is_empty() {
+        switch_to(sinks, last, 1);
+        lines.iter().for_each(|l| sinks[1].write(l));
+    }
 }
 
 #[cfg(test)]

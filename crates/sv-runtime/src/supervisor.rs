@@ -286,11 +286,42 @@ pub async fn run(opts: Options) -> i32 {
     if socket_owned {
         let _ = std::fs::remove_file(&sup.control_socket);
     }
-    if !sup.logs.drain(LOG_DRAIN).await {
-        debug!("some output pipes were still open at exit");
+    if !sup.logs.wait_readers(LOG_DRAIN).await {
+        debug!("some output pipes were still open at exit, or the output is stalled");
     }
     info!(code, "supervisor exiting");
+    // One bounded flush for the programs' last lines and this one: with the output stalled the
+    // writer thread stays blocked, and the process exits without it (issue 12).
+    sup.logs.flush(LOG_DRAIN).await;
     code
+}
+
+/// The `log` readiness hook of one incarnation: its first line matching `re` reports readiness,
+/// once. The report is never lost: when the loop's channel is momentarily full (a burst of
+/// sd_notify datagrams or probe results), a task waits for room instead of dropping it. Marking
+/// the hook as fired before a failed `try_send` used to lose readiness for good, and the program
+/// then timed out in STARTING.
+fn log_ready_hook(re: regex::Regex, id: ProgramId, tx: mpsc::Sender<Internal>) -> LineHook {
+    let fired = AtomicBool::new(false);
+    Arc::new(move |line: &str| {
+        if fired.load(Ordering::Relaxed)
+            || !re.is_match(line)
+            || fired.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        match tx.try_send(Internal::LogMatched { program: id }) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            // The hook runs in a reader task, so a runtime is there; at most one such task per
+            // incarnation exists, as the hook fires once.
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(msg).await;
+                });
+            }
+        }
+    })
 }
 
 /// A seed for backoff jitter: different per process so a fleet restarted together spreads out.
@@ -506,16 +537,7 @@ impl Supervisor {
                 return None;
             }
         };
-        let fired = Arc::new(AtomicBool::new(false));
-        let tx = self.internal_tx.clone();
-        Some(Arc::new(move |line: &str| {
-            if !fired.load(Ordering::Relaxed)
-                && re.is_match(line)
-                && !fired.swap(true, Ordering::Relaxed)
-            {
-                let _ = tx.try_send(Internal::LogMatched { program: id });
-            }
-        }))
+        Some(log_ready_hook(re, id, self.internal_tx.clone()))
     }
 
     fn start_probe(&mut self, id: ProgramId, pid: i32, kind: ProbeKind) {
@@ -771,7 +793,12 @@ impl Supervisor {
             Request::Status => {
                 let snap = self.machine.snapshot(now);
                 answer(ok_reply(serde_json::json!({
-                    "supervisor": {"pid": std::process::id(), "mode": format!("{:?}", self.mode).to_lowercase(), "http": self.http_addr},
+                    "supervisor": {
+                        "pid": std::process::id(),
+                        "mode": format!("{:?}", self.mode).to_lowercase(),
+                        "http": self.http_addr,
+                        "log_lines_dropped": crate::logs::own_lines_dropped(),
+                    },
                     "status": snap,
                 })))
             }
@@ -1108,3 +1135,34 @@ pub fn add_bridge_program(config: &mut Config, command: Vec<String>) {
 
 /// The reserved program name of the bridge.
 pub const BRIDGE_PROGRAM: &str = "bridge";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, point 5: a match while the loop's channel is full must still arrive.
+    #[tokio::test]
+    async fn log_readiness_survives_a_full_channel() {
+        let (tx, mut rx) = mpsc::channel::<Internal>(1);
+        tx.try_send(Internal::LogMatched {
+            program: ProgramId(7),
+        })
+        .expect("room for the filler");
+        let hook = log_ready_hook(
+            regex::Regex::new("listening").expect("pattern"),
+            ProgramId(0),
+            tx,
+        );
+        hook("server listening on :80");
+        hook("server listening again");
+        let filler = rx.recv().await.expect("the filler");
+        assert!(matches!(filler, Internal::LogMatched { program } if program == ProgramId(7)));
+        let ready = tokio::time::timeout(sv_testkit::WAIT, rx.recv())
+            .await
+            .expect("the readiness report was lost")
+            .expect("channel open");
+        assert!(matches!(ready, Internal::LogMatched { program } if program == ProgramId(0)));
+        // Once only: the second match sends nothing.
+        assert!(rx.try_recv().is_err());
+    }
+}

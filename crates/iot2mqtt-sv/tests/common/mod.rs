@@ -139,6 +139,10 @@ pub struct SvOptions {
     /// Give the supervisor a stdout pipe whose reading end is already closed, like a log
     /// collector that went away ([`Sv::stdout`] is then empty).
     pub stdout_closed: bool,
+    /// Give the supervisor one 4 KiB pipe for both stdout and stderr whose reading end the
+    /// [`Sv`] holds and never reads, like a stalled log collector ([`Sv::stdout`] and
+    /// [`Sv::stderr`] are then empty).
+    pub stalled_output: bool,
 }
 
 /// A running `iot2mqtt-sv run` in its own temporary directory.
@@ -152,6 +156,8 @@ pub struct Sv {
     pub config: PathBuf,
     exit: Option<i32>,
     signal_pid: Option<i32>,
+    /// The unread end of the pipe of [`SvOptions::stalled_output`].
+    stalled: Option<std::os::fd::OwnedFd>,
 }
 
 impl Sv {
@@ -191,7 +197,15 @@ impl Sv {
             .env_remove("LOG_LEVEL")
             .stdin(Stdio::null())
             .stderr(err);
-        if opts.stdout_closed {
+        let mut stalled = None;
+        if opts.stalled_output {
+            let (reader, writer) = nix::unistd::pipe().expect("pipe");
+            nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096))
+                .expect("shrinking the pipe");
+            cmd.stdout(Stdio::from(writer.try_clone().expect("dup")))
+                .stderr(Stdio::from(writer));
+            stalled = Some(reader);
+        } else if opts.stdout_closed {
             let (reader, writer) = nix::unistd::pipe().expect("pipe");
             drop(reader);
             cmd.stdout(Stdio::from(writer));
@@ -212,6 +226,7 @@ impl Sv {
             config: config_path,
             exit: None,
             signal_pid: None,
+            stalled,
         }
     }
 
@@ -406,6 +421,27 @@ impl Sv {
     pub fn wait_stdout(&self, needle: &str) {
         wait_for(&format!("{needle:?} on stdout"), WAIT, || {
             self.stdout().contains(needle).then_some(())
+        })
+    }
+
+    /// The unread end of the [`SvOptions::stalled_output`] pipe, for a test that starts reading
+    /// it (the output then moves again).
+    pub fn take_stalled_output(&mut self) -> Option<std::os::fd::OwnedFd> {
+        self.stalled.take()
+    }
+
+    /// Waits until the supervisor's JSON log (stderr) has an event `message` for which `pred`
+    /// holds. The supervisor's own lines reach stderr through the log writer thread, shortly
+    /// after the state change that caused them may already show in `status`; one writer writes
+    /// them in order, so once this event is there, every line logged before it is too.
+    #[track_caller]
+    pub fn wait_logged(&self, message: &str, pred: impl Fn(&Value) -> bool) {
+        wait_for(&format!("a {message:?} event on stderr"), WAIT, || {
+            self.stderr()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|v| v["message"] == message && pred(&v))
+                .then_some(())
         })
     }
 
