@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 
 use common::{Sv, SvOptions, alive, child_cmd, children_of, wait_pid_file};
 use nix::sys::signal::{Signal, kill};
@@ -19,16 +18,7 @@ use serde_json::Value;
 use sv_testkit::{WAIT, wait_for, wait_until};
 
 fn pid_namespaces_usable() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot create a PID namespace here (unshare --pid needs root)");
-    }
-    ok
+    sv_testkit::require(sv_testkit::Requirement::Unshare)
 }
 
 /// Starts the supervisor as PID 1 of a new PID namespace; returns it with the supervisor's host

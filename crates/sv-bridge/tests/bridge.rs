@@ -965,6 +965,9 @@ fn repo() -> PathBuf {
 
 #[test]
 fn the_python_client_round_trips_a_command() {
+    if !sv_testkit::require(sv_testkit::Requirement::Python) {
+        return;
+    }
     client_round_trip(
         "python3",
         &["example_echo.py"],
@@ -975,6 +978,9 @@ fn the_python_client_round_trips_a_command() {
 
 #[test]
 fn the_node_client_round_trips_a_command() {
+    if !sv_testkit::require(sv_testkit::Requirement::Node) {
+        return;
+    }
     client_round_trip(
         "node",
         &["example_echo.js"],
@@ -995,7 +1001,9 @@ fn the_go_client_round_trips_a_command() {
         .current_dir(&dir)
         .status();
     match built {
-        Err(_) => eprintln!("skipped: go is not installed"),
+        Err(_) => {
+            sv_testkit::require_that(sv_testkit::Requirement::Go, false, "go is not installed");
+        }
         Ok(st) => {
             assert!(st.success(), "go build failed");
             client_round_trip(exe.to_str().unwrap(), &[], &dir, "go");

@@ -19,7 +19,9 @@ use sv_core::signal::Signal;
 use sv_runtime::reap::{self, ReaperMode};
 use sv_runtime::signals;
 use sv_runtime::spawn::{self, SpawnError, SpawnRequest};
-use sv_testkit::{WAIT, tempdir, test_child, wait_for, wait_until};
+use sv_testkit::{
+    Requirement, WAIT, require, require_that, tempdir, test_child, wait_for, wait_until,
+};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -118,10 +120,6 @@ fn proc_stat(pid: i32) -> Option<(char, i32, String)> {
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
     Some((state, ppid, comm))
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// A directory everyone may enter and write (for children running as another user), with a copy
@@ -275,8 +273,7 @@ fn umask_is_applied() {
 #[test]
 fn user_switch_to_nobody_by_name_and_by_uid() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !require(Requirement::Root) {
         return;
     }
     let nobody = nix::unistd::User::from_name("nobody")
@@ -321,8 +318,7 @@ fn user_switch_to_nobody_by_name_and_by_uid() {
 #[test]
 fn explicit_environment_wins_over_the_users_home() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !require(Requirement::Root) {
         return;
     }
     let (dir, exe) = shared_dir();
@@ -405,14 +401,18 @@ impl Drop for TempUser {
 #[test]
 fn user_switch_keeps_supplementary_groups() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: creating a user needs root");
+    if !require(Requirement::Root) {
         return;
     }
-    let Some(tmp) = TempUser::create() else {
-        eprintln!("skipped: groupadd/useradd are not available");
+    let tmp = TempUser::create();
+    if !require_that(
+        Requirement::Root,
+        tmp.is_some(),
+        "groupadd/useradd are not available",
+    ) {
         return;
-    };
+    }
+    let tmp = tmp.expect("checked above");
     let user = nix::unistd::User::from_name(&tmp.user)
         .unwrap()
         .expect("user");
@@ -460,8 +460,7 @@ fn unknown_user_is_a_spawn_error() {
 #[test]
 fn directory_is_entered_as_the_new_user() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !require(Requirement::Root) {
         return;
     }
     let (dir, exe) = shared_dir();

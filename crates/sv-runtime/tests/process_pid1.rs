@@ -31,8 +31,11 @@ fn pid1_mode_under_unshare() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !usable {
-        eprintln!("skipped: cannot create a PID namespace here (unshare --pid needs root)");
+    if !sv_testkit::require_that(
+        sv_testkit::Requirement::Unshare,
+        usable,
+        "cannot create a PID namespace here (unshare --pid needs root)",
+    ) {
         return;
     }
     let exe = std::env::current_exe().expect("current_exe");
