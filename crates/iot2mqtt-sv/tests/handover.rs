@@ -8,6 +8,9 @@
 //! `stopwaitsecs` when it ignores SIGTERM. Every wait is bounded by [`sv_testkit::WAIT`], far
 //! below the generous `shutdown_timeout` these configs set, so a stop that only ends by the
 //! shutdown timeout (or never) fails the test.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -5,6 +5,9 @@
 //! Every child is the `test-child` fixture (or `sh`), which reports what it sees into files the
 //! test polls for. Each test owns its children: under nextest each test is its own process; under
 //! `cargo test` a lock serialises them, because `reap()` collects every child of the process.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::fs;

@@ -12,6 +12,9 @@
 //!   and returns, unless the matching `REQUIRE_*=1` variable is set, which turns the skip into a
 //!   failure: CI sets them all, so nothing there passes without testing.
 #![forbid(unsafe_code)]
+// A test fixture: it waits for and paces its own processes; the rules in clippy.toml
+// are for the supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};

@@ -4,6 +4,9 @@
 //! Nothing here asserts on time. A smoke run uses tiny durations and measures nothing worth
 //! reading; the targets are judged by the harness itself, in full runs (docs/benchmarks.md).
 #![forbid(unsafe_code)]
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
