@@ -200,7 +200,8 @@ pub async fn run(opts: Options) -> i32 {
                 logs: logs.clone(),
                 names: names.clone(),
             };
-            tokio::spawn(crate::server::serve(listener, ctx, stop_rx.clone()));
+            let limit = crate::limit::ConnLimit::new(settings.max_control_connections);
+            tokio::spawn(crate::server::serve(listener, ctx, limit, stop_rx.clone()));
             info!(path = %opts.control_socket.display(), "control socket listening");
         }
         Err(e) => {
@@ -226,6 +227,7 @@ pub async fn run(opts: Options) -> i32 {
                     listener,
                     ask_tx.clone(),
                     bridge,
+                    http.max_connections,
                     async move {
                         let _ = stop.wait_for(|s| *s).await;
                     },
