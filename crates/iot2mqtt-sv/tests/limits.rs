@@ -1,5 +1,6 @@
 //! Bounds on what peers can make PID 1 do, end to end with the real binary: connection caps on
-//! the control socket and the HTTP server, and a flood of sd_notify `MAINPID=` datagrams.
+//! the control socket and the HTTP server, a flood of sd_notify `MAINPID=` datagrams, and user
+//! lookups done once per config load rather than per start.
 //!
 //! Every wait is bounded ([`sv_testkit::WAIT`]); a connection that should be refused must be
 //! answered with the refusal, never left hanging.
@@ -13,9 +14,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::net::{UnixDatagram, UnixStream};
 
-use common::{Sv, http, toml_str};
+use common::{Sv, http, read, test_child, toml_str};
 use serde_json::{Value, json};
-use sv_testkit::{WAIT, wait_for};
+use sv_testkit::{TempUser, WAIT, wait_for};
 
 const CAP: usize = 3;
 
@@ -160,4 +161,70 @@ fn a_flood_of_mainpid_datagrams_does_not_stall_the_loop() {
     let s = sv.program("svc");
     assert_eq!(s["state"], "STARTING", "no MAINPID= was accepted: {s}");
     assert!(sv.stderr().contains("not ours"), "{}", sv.stderr());
+}
+
+/// `uid`, `gid` and `groups` lines of a `test-child --report-ids` report, once written.
+fn ids(path: &std::path::Path) -> Option<(String, String, String)> {
+    let text = read(path);
+    let pick = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+    };
+    let groups = text
+        .lines()
+        .find_map(|l| l.strip_prefix("groups="))?
+        .to_string();
+    Some((pick("uid=")?, pick("gid=")?, groups))
+}
+
+#[test]
+fn a_programs_user_is_resolved_once_per_config_load() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((tmp, user, group)) = TempUser::required() else {
+        return;
+    };
+
+    // A directory and a copy of test-child the new user can reach.
+    let dir = Sv::new_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = dir.path().join("test-child");
+    std::fs::copy(test_child(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let report = dir.path().join("ids");
+    let config = format!(
+        "[program.svc]\ncommand = [{}, {}, {}]\nuser = {}\nstartsecs = \"0s\"\n",
+        toml_str(&exe.display().to_string()),
+        toml_str("--report-ids"),
+        toml_str(&report.display().to_string()),
+        toml_str(&tmp.user),
+    );
+    let sv = Sv::spawn_in(dir, &config, Default::default());
+    sv.wait_socket();
+    let expect = (
+        user.uid.to_string(),
+        user.gid.to_string(),
+        format!("{} {}", user.gid, group.gid),
+    );
+    let first = wait_for("the first report of ids", WAIT, || ids(&report));
+    assert_eq!(first.0, expect.0);
+    assert_eq!(first.1, expect.1);
+    let mut groups: Vec<&str> = first.2.split_whitespace().collect();
+    groups.sort_unstable();
+    let mut want: Vec<String> = expect.2.split(' ').map(String::from).collect();
+    want.sort_unstable();
+    assert_eq!(groups, want, "supplementary groups");
+
+    // The passwd and group entries go away; the program's next start uses what was resolved
+    // when the config was loaded, without looking them up again.
+    // (userdel refuses while the user has processes: stop the program first.)
+    let v = sv.request(&json!({"op": "stop", "programs": ["svc"]}));
+    assert_eq!(v["ok"], true, "{v}\n{}", sv.stderr());
+    tmp.delete();
+    assert!(nix::unistd::User::from_name(&tmp.user).unwrap().is_none());
+    std::fs::remove_file(&report).unwrap();
+    let v = sv.request(&json!({"op": "start", "programs": ["svc"]}));
+    assert_eq!(v["ok"], true, "{v}\n{}", sv.stderr());
+    let again = wait_for("the second report of ids", WAIT, || ids(&report));
+    assert_eq!(again, first);
 }

@@ -31,6 +31,7 @@
 //! looked up in the PATH the program will see (its own `environment` may change it); glibc falls
 //! back to `/bin:/usr/bin` when PATH is unset.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -80,18 +81,30 @@ impl SpawnError {
 }
 
 /// Starts a program and returns its pid. The exit status arrives through [`crate::reap::reap`].
+/// Its `user` is looked up in the passwd and group databases now; [`spawn_as`] takes one
+/// resolved earlier.
 pub fn spawn(req: SpawnRequest<'_>) -> Result<i32, SpawnError> {
+    let user = match &req.program.user {
+        Some(spec) => Some(resolve_user(spec)?),
+        None => None,
+    };
+    spawn_as(req, user.as_ref())
+}
+
+/// Like [`spawn`], with the program's `user` already resolved ([`resolve_users`]), so that no
+/// passwd or group lookup (files, or NSS modules that may block on the network) happens in the
+/// supervisor's loop per start. `user` is ignored for a program without `user`.
+pub fn spawn_as(req: SpawnRequest<'_>, user: Option<&ResolvedUser>) -> Result<i32, SpawnError> {
     let program = req.program;
     let mut setup = ChildSetup::base();
     setup.umask = program.umask.map(|m| (m & 0o7777) as libc::mode_t);
 
     let mut env: Vec<(String, String)> = Vec::new();
-    if let Some(spec) = &program.user {
-        let user = resolve_user(spec)?;
-        env.push(("HOME".into(), user.home));
+    if let (Some(_), Some(user)) = (&program.user, user) {
+        env.push(("HOME".into(), user.home.clone()));
         env.push(("USER".into(), user.name.clone()));
-        env.push(("LOGNAME".into(), user.name));
-        setup.ids = user.switch;
+        env.push(("LOGNAME".into(), user.name.clone()));
+        setup.ids = user.switch.clone();
     }
     env.extend(program.environment.iter().cloned());
     env.extend(req.extra_env.iter().cloned());
@@ -129,7 +142,7 @@ struct ChildSetup {
     user_display: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Ids {
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -490,9 +503,22 @@ fn describe(e: &io::Error, program: &str, dir: &str, user: &str) -> SpawnError {
     }
 }
 
+/// Resolves the `user` of every program that has one, once per config load. A user that cannot
+/// be resolved now is left out: [`spawn`] looks it up again at each start (a user created
+/// after the supervisor started still works) and reports the failure as a failed start.
+pub fn resolve_users<'a>(
+    programs: impl IntoIterator<Item = &'a ProgramConfig>,
+) -> HashMap<String, ResolvedUser> {
+    programs
+        .into_iter()
+        .filter_map(|p| Some((p.name.clone(), resolve_user(p.user.as_deref()?).ok()?)))
+        .collect()
+}
+
 /// A resolved `user`: environment values, and the ids to switch to (None when we already are
 /// that user and cannot switch anyway).
-struct ResolvedUser {
+#[derive(Debug, Clone)]
+pub struct ResolvedUser {
     name: String,
     home: String,
     switch: Option<Ids>,

@@ -128,6 +128,9 @@ struct Supervisor {
     snapshot_tx: watch::Sender<Snapshot>,
     http_addr: Option<String>,
     exit: Option<i32>,
+    /// Every program's `user`, resolved once when the config is loaded (passwd and group
+    /// lookups may block, so they are kept out of each start); see [`spawn::resolve_users`].
+    users: HashMap<String, spawn::ResolvedUser>,
 }
 
 /// Runs the supervisor until it has shut down; returns the process exit code.
@@ -253,6 +256,7 @@ pub async fn run(opts: Options) -> i32 {
         snapshot_tx,
         http_addr,
         exit: None,
+        users: spawn::resolve_users(&opts.config.programs),
     };
     sup.bind_notify_sockets(&rundir, &opts.config.programs, stop_rx.clone());
 
@@ -521,7 +525,10 @@ impl Supervisor {
             stdout,
             stderr,
         };
-        spawn::spawn(req)
+        match self.users.get(&cfg.name) {
+            Some(user) => spawn::spawn_as(req, Some(user)),
+            None => spawn::spawn(req),
+        }
     }
 
     /// The `log` readiness hook: the first matching line of this incarnation reports readiness.

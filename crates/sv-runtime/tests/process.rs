@@ -22,9 +22,7 @@ use sv_core::signal::Signal;
 use sv_runtime::reap::{self, ReaperMode};
 use sv_runtime::signals;
 use sv_runtime::spawn::{self, SpawnError, SpawnRequest};
-use sv_testkit::{
-    Requirement, WAIT, require, require_that, tempdir, test_child, wait_for, wait_until,
-};
+use sv_testkit::{Requirement, TempUser, WAIT, require, tempdir, test_child, wait_for, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -342,86 +340,12 @@ fn explicit_environment_wins_over_the_users_home() {
     Statuses::default().wait_exit(pid);
 }
 
-/// A user and group created for one test and deleted afterwards.
-struct TempUser {
-    user: String,
-    group: String,
-}
-
-impl TempUser {
-    fn create() -> Option<TempUser> {
-        let id = std::process::id();
-        let t = TempUser {
-            user: format!("svprocu{id}"),
-            group: format!("svprocg{id}"),
-        };
-        let run = |args: &[&str]| {
-            std::process::Command::new(args[0])
-                .args(&args[1..])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !run(&["groupadd", &t.group]) {
-            return None;
-        }
-        let ok = run(&[
-            "useradd",
-            "-M",
-            "-N",
-            "-g",
-            "nogroup",
-            "-G",
-            &t.group,
-            "-d",
-            "/nonexistent",
-            "-s",
-            "/usr/sbin/nologin",
-            &t.user,
-        ]);
-        if !ok {
-            // Drop deletes the group.
-            drop(t);
-            return None;
-        }
-        Some(t)
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        for args in [["userdel", &self.user], ["groupdel", &self.group]] {
-            let _ = std::process::Command::new(args[0])
-                .arg(args[1])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 #[test]
 fn user_switch_keeps_supplementary_groups() {
     let _s = serial();
-    if !require(Requirement::Root) {
+    let Some((tmp, user, group)) = TempUser::required() else {
         return;
-    }
-    let tmp = TempUser::create();
-    if !require_that(
-        Requirement::Root,
-        tmp.is_some(),
-        "groupadd/useradd are not available",
-    ) {
-        return;
-    }
-    let tmp = tmp.expect("checked above");
-    let user = nix::unistd::User::from_name(&tmp.user)
-        .unwrap()
-        .expect("user");
-    let group = nix::unistd::Group::from_name(&tmp.group)
-        .unwrap()
-        .expect("group");
+    };
     let (dir, exe) = shared_dir();
     let ids = dir.path().join("ids");
     let mut prog = program(vec![

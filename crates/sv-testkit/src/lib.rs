@@ -7,6 +7,7 @@
 //! - [`Mosquitto`]: a real broker per test on a free loopback port, killed on drop.
 //! - [`test_child`]: the path of the `test-child` program (see `src/bin/test-child.rs`).
 //! - [`cargo_bin`]: the path of any binary built in this workspace's target directory.
+//! - [`TempUser`]: a user with a supplementary group of its own, created as root for one test.
 //! - [`require`] / [`require_that`]: what a test needs from the machine (root, `unshare`,
 //!   `systemd-notify`, python3, node, go, mosquitto). Missing, the test prints a `skipped:` line
 //!   and returns, unless the matching `REQUIRE_*=1` variable is set, which turns the skip into a
@@ -400,5 +401,95 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A user and group created for one test and deleted afterwards.
+#[derive(Debug)]
+pub struct TempUser {
+    /// The user's name.
+    pub user: String,
+    /// The name of its supplementary group.
+    pub group: String,
+}
+
+impl TempUser {
+    /// Creates both (as root), or `None` when groupadd/useradd fail or are missing.
+    pub fn create() -> Option<TempUser> {
+        let id = std::process::id();
+        let t = TempUser {
+            user: format!("svprocu{id}"),
+            group: format!("svprocg{id}"),
+        };
+        let run = |args: &[&str]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["groupadd", &t.group]) {
+            return None;
+        }
+        let ok = run(&[
+            "useradd",
+            "-M",
+            "-N",
+            "-g",
+            "nogroup",
+            "-G",
+            &t.group,
+            "-d",
+            "/nonexistent",
+            "-s",
+            "/usr/sbin/nologin",
+            &t.user,
+        ]);
+        if !ok {
+            // Drop deletes the group.
+            drop(t);
+            return None;
+        }
+        Some(t)
+    }
+}
+
+impl TempUser {
+    /// For a test that needs one: the user with its passwd entry and its group's entry, or
+    /// `None` after [`require`] said why not (root is needed; groupadd/useradd must exist).
+    pub fn required() -> Option<(TempUser, nix::unistd::User, nix::unistd::Group)> {
+        if !require(Requirement::Root) {
+            return None;
+        }
+        let tmp = TempUser::create();
+        if !require_that(
+            Requirement::Root,
+            tmp.is_some(),
+            "groupadd/useradd are not available",
+        ) {
+            return None;
+        }
+        let tmp = tmp?;
+        let user = nix::unistd::User::from_name(&tmp.user).ok()??;
+        let group = nix::unistd::Group::from_name(&tmp.group).ok()??;
+        Some((tmp, user, group))
+    }
+
+    /// Deletes the user and the group now (dropping does it too; a second time is harmless).
+    pub fn delete(&self) {
+        for args in [["userdel", &self.user], ["groupdel", &self.group]] {
+            let _ = std::process::Command::new(args[0])
+                .arg(args[1])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        self.delete();
     }
 }
