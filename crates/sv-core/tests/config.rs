@@ -126,7 +126,7 @@ command = "a"
         s.http,
         Some(HttpSettings {
             listen: "0.0.0.0:9100".into(),
-            max_connections: 64,
+            max_connections: 256,
         })
     );
 }

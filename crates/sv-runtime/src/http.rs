@@ -23,7 +23,8 @@
 //! on sv-bridge: the request is one JSON line and the answer is [`BridgeStats`].
 //!
 //! Invariants: [`serve`] returns once `shutdown` completes, after aborting open connections; a
-//! failing connection never stops the server; responses are never cached (`no-store`).
+//! failing connection never stops the server; responses are never cached (`no-store`); at most
+//! `max_connections` are served at once, one more is answered 503 and closed ([`crate::limit`]).
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;

@@ -4,7 +4,8 @@
 //! main loop as [`ControlMsg`]s (so `health` proves the loop answers); `logs` and `watch` are
 //! served here from the log hub and the snapshot channel, so a slow client never holds up the
 //! loop. Lines are bounded ([`MAX_LINE`]); a malformed line gets a `bad_request` reply and the
-//! connection stays usable.
+//! connection stays usable. Connections are capped (`max_control_connections`, see
+//! [`crate::limit`]): one more gets a `busy` error line and is closed.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;

@@ -58,10 +58,11 @@ pub struct SupervisorSettings {
     pub max_control_connections: usize,
 }
 
-/// The default of `max_control_connections`.
-pub const DEFAULT_MAX_CONTROL_CONNECTIONS: usize = 64;
-/// The default of `[supervisor.http] max_connections`.
-pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
+/// The default of `max_control_connections`: room for the 1,000 simultaneous clients the
+/// reliability tests hold open (docs/reliability.md), at a bounded cost.
+pub const DEFAULT_MAX_CONTROL_CONNECTIONS: usize = 1024;
+/// The default of `[supervisor.http] max_connections`: probes and scrapers, not crowds.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
 
 /// `[supervisor.http]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
