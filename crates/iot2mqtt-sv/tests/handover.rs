@@ -160,3 +160,42 @@ fn shutdown_after_a_mainpid_handover_kills_a_daemon_that_ignores_sigterm() {
     );
     assert_got_sigterm(&sv);
 }
+
+#[test]
+fn stop_returns_when_the_wrapper_reaped_the_daemon_itself() {
+    // A wrapper that stays and waits for its daemon reaps it: the supervisor never gets the
+    // daemon's exit status. The stop must end anyway (at the SIGKILL that finds nobody), not
+    // leave the program STOPPING for good.
+    if !require(Requirement::SystemdNotify) {
+        return;
+    }
+    let dir = Sv::new_dir();
+    let pids = dir.path().join("pids");
+    let signals = dir.path().join("signals");
+    let script = "\"$3\" --signal-log \"$2\" --print armed >> \"$1.armed\" & d=$!; echo $d >> \"$1\"; \
+                  systemd-notify --ready --pid=$d; wait $d; exec sleep 3600";
+    let argv = [
+        "/bin/sh",
+        "-c",
+        script,
+        "sh",
+        &pids.display().to_string(),
+        &signals.display().to_string(),
+        &test_child().display().to_string(),
+    ]
+    .iter()
+    .map(|a| toml_str(a))
+    .collect::<Vec<_>>()
+    .join(", ");
+    let config = format!(
+        "[program.daemon]\ncommand = [{argv}]\nready = {{ kind = \"notify\" }}\n\
+         stopwaitsecs = \"1s\"\nautorestart = false\ncritical = false\n"
+    );
+    let sv = Sv::spawn_in(dir, &config, Default::default());
+    sv.wait_socket();
+    let daemon = wait_daemon(&sv, 1);
+    answer(&sv, &json!({"op": "stop", "programs": ["daemon"]}));
+    assert_eq!(sv.program("daemon")["state"], "STOPPED");
+    assert!(!alive(daemon));
+    assert_got_sigterm(&sv);
+}
