@@ -11,6 +11,9 @@
 //! Podman runs healthchecks from a systemd timer, which CI machines lack: the tests run each
 //! check with `podman healthcheck run` (the image's HEALTHCHECK command, counted against its
 //! `--retries` as the timer would) and read the verdict from `podman inspect`.
+// Tests drive podman and the CLI as a user would and wait for them: the one-reaper rule is PID
+// 1's, not the test harness's.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::process::{Command, Output};

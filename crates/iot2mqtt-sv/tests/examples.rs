@@ -10,6 +10,9 @@
 //! Synchronisation is on observable facts only: the status over the control socket, messages a
 //! `mosquitto_sub` received, the supervisor's event log. When mosquitto, python3 or node is missing
 //! the tests print a skip line, except with `REQUIRE_MOSQUITTO=1` (CI), where they fail.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -4,6 +4,9 @@
 //! HTTP requests are written by hand on a `std::net::TcpStream`, so the test sees exactly the
 //! bytes a probe or a scraper would. Programs that must be observed while STARTING wait for a
 //! gate file the test creates; every wait polls the status or the HTTP answer.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

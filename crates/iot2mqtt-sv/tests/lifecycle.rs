@@ -5,6 +5,9 @@
 //! Every test runs real `test-child` programs under the real binary and synchronises on what
 //! can be observed from outside: the status over the control socket, files the programs write,
 //! the supervisor's event log (JSON lines on stderr with `log_format = "json"`) and its exit.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -1,6 +1,9 @@
 //! Program output through the real `iot2mqtt-sv run`: prefixed lines without loss under load,
 //! the JSON format, stderr kept on stderr, a last line without a newline, `output = "inherit"`,
 //! and the `logs` verb (`-n`, `-f`).
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 

@@ -7,10 +7,11 @@
 //! skip line. The test process reads the host's /proc, where the namespace's processes are
 //! visible with their host pids, so "orphan re-parented to the supervisor" is `ppid ==
 //! supervisor's host pid` and "reaped" is "gone from /proc" (an unreaped orphan stays a zombie).
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
-
-use std::process::{Command, Stdio};
 
 use common::{Sv, SvOptions, alive, child_cmd, children_of, wait_pid_file};
 use nix::sys::signal::{Signal, kill};
@@ -19,16 +20,7 @@ use serde_json::Value;
 use sv_testkit::{WAIT, wait_for, wait_until};
 
 fn pid_namespaces_usable() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot create a PID namespace here (unshare --pid needs root)");
-    }
-    ok
+    sv_testkit::require(sv_testkit::Requirement::Unshare)
 }
 
 /// Starts the supervisor as PID 1 of a new PID namespace; returns it with the supervisor's host

@@ -9,7 +9,11 @@
 //! `measured:` lines (run with `--nocapture`) and recorded in `docs/reliability.md`. Resource
 //! bounds (CPU per restart, resident memory growth) are asserted with generous margins.
 //!
-//! Tests that need root (PID namespaces, mounts) print a `skipped:` line when not permitted.
+//! Tests that need root (PID namespaces, mounts) print a `skipped:` line when not permitted,
+//! and fail instead under `REQUIRE_ROOT=1` / `REQUIRE_UNSHARE=1`.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -106,16 +110,7 @@ fn measured(what: &str, value: impl std::fmt::Display) {
 }
 
 fn pid_namespaces_usable() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot create a PID namespace here (unshare --pid needs root)");
-    }
-    ok
+    sv_testkit::require(sv_testkit::Requirement::Unshare)
 }
 
 fn mounts_usable(dir: &Path) -> bool {
@@ -134,10 +129,11 @@ fn mounts_usable(dir: &Path) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("skipped: cannot mount a tmpfs in a mount namespace here (needs root)");
-    }
-    ok
+    sv_testkit::require_that(
+        sv_testkit::Requirement::Root,
+        ok,
+        "cannot mount a tmpfs in a mount namespace here (needs root)",
+    )
 }
 
 /// The PID namespace of `pid` (`/proc/PID/ns/pid` link target).

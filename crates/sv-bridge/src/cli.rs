@@ -318,6 +318,9 @@ fn exchange(path: &Path, req: &Request) -> std::io::Result<(String, bool)> {
 /// When the bridge goes away (restart) it reconnects with backoff and claims the devices again;
 /// lines written meanwhile wait for the connection. Exit code 0 when stdin ends, 2 on a usage
 /// error.
+// A blocking CLI command run by a program's shell script, not the bridge's event loop: its
+// reconnect pause may sleep.
+#[allow(clippy::disallowed_methods)]
 pub fn main_listen(devices: &[String]) -> i32 {
     use std::sync::{Arc, Condvar, Mutex, PoisonError};
 

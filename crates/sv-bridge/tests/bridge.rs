@@ -2,6 +2,9 @@
 //! `sv_bridge::run` (in-process, on its own runtime thread, or as the `sv-bridge-test` process
 //! when it must be killed), talks to it over a real Unix socket in a temp dir, and checks what an
 //! independent `mosquitto_sub` receives. All waits are bounded polls on observable events.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -1283,6 +1286,9 @@ fn repo() -> PathBuf {
 
 #[test]
 fn the_python_client_round_trips_a_command() {
+    if !sv_testkit::require(sv_testkit::Requirement::Python) {
+        return;
+    }
     client_round_trip(
         "python3",
         &["example_echo.py"],
@@ -1293,6 +1299,9 @@ fn the_python_client_round_trips_a_command() {
 
 #[test]
 fn the_node_client_round_trips_a_command() {
+    if !sv_testkit::require(sv_testkit::Requirement::Node) {
+        return;
+    }
     client_round_trip(
         "node",
         &["example_echo.js"],
@@ -1313,7 +1322,9 @@ fn the_go_client_round_trips_a_command() {
         .current_dir(&dir)
         .status();
     match built {
-        Err(_) => eprintln!("skipped: go is not installed"),
+        Err(_) => {
+            sv_testkit::require_that(sv_testkit::Requirement::Go, false, "go is not installed");
+        }
         Ok(st) => {
             assert!(st.success(), "go build failed");
             client_round_trip(exe.to_str().unwrap(), &[], &dir, "go");
@@ -1967,8 +1978,11 @@ fn render_jinja(config: &Value, cases: &[(&str, Value)]) -> Option<Vec<String>> 
     let probe = Command::new("python3")
         .args(["-c", "import jinja2"])
         .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: python3 with jinja2 is not installed (apt-get install python3-jinja2)");
+    if !sv_testkit::require_that(
+        sv_testkit::Requirement::Python,
+        probe.is_ok_and(|s| s.success()),
+        "python3 with jinja2 is not installed (python3 -m pip install jinja2)",
+    ) {
         return None;
     }
     let input = json!({"config": config, "cases": cases.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()});

@@ -126,11 +126,14 @@ pub enum Input {
     },
     /// sd_notify `MAINPID=`: the program's main process is now `main_pid` (a daemon that forked
     /// away from the process we spawned). The runtime has checked that `main_pid` descends from
-    /// the supervisor and belongs to no other program.
+    /// the supervisor and belongs to no other program, and whether it leads a process group of
+    /// its own (`leads_group`): a daemon left in its wrapper's group does not, and a group signal
+    /// to its pid would reach nobody (issue 12).
     MainPid {
         program: ProgramId,
         pid: i32,
         main_pid: i32,
+        leads_group: bool,
     },
     /// sd_notify `EXTEND_TIMEOUT_USEC`: push the readiness deadline out.
     ExtendTimeout {
@@ -160,7 +163,9 @@ pub enum Input {
 pub enum Action {
     /// Spawn the program; answer with [`Input::Spawned`] or [`Input::SpawnFailed`].
     Spawn(ProgramId),
-    /// Send `signal` to `pid`, or to its process group when `group`.
+    /// Send `signal` to `pid`, or to its process group when `group`. `group` is only ever set
+    /// for a process that leads its group: every spawned process does, a `MAINPID=` daemon may
+    /// not.
     Signal {
         program: ProgramId,
         pid: i32,
@@ -294,6 +299,8 @@ enum StopIntent {
 struct Prog {
     state: State,
     pid: Option<i32>,
+    /// Whether `pid` leads its own process group (group signals are sent only then).
+    leads_group: bool,
     spawn_pending: bool,
     /// The operator's or the config's wish: keep this program running.
     want_running: bool,
@@ -327,6 +334,7 @@ impl Prog {
         Prog {
             state: State::Stopped,
             pid: None,
+            leads_group: true,
             spawn_pending: false,
             want_running,
             ever_spawned: false,
@@ -504,6 +512,12 @@ impl Machine {
         self.progs[id.0].pid
     }
 
+    /// Whether a signal for the program (`stopasgroup`) goes to its process group: only when
+    /// configured and its main process leads a group.
+    pub fn signal_group(&self, id: ProgramId) -> bool {
+        self.cfg[id.0].stopasgroup && self.progs[id.0].leads_group
+    }
+
     /// The program's current state.
     pub fn state(&self, id: ProgramId) -> State {
         self.progs[id.0].state
@@ -626,6 +640,7 @@ impl Machine {
                 program,
                 pid,
                 main_pid,
+                leads_group,
             } => {
                 let p = &mut self.progs[program.0];
                 if p.pid == Some(pid)
@@ -636,6 +651,7 @@ impl Machine {
                     // stop signals go to it; the process we spawned may exit unnoticed.
                     let p = &mut self.progs[program.0];
                     p.pid = Some(main_pid);
+                    p.leads_group = leads_group;
                     self.events.push_back(Event::MainPid {
                         program,
                         old: pid,
@@ -700,7 +716,7 @@ impl Machine {
             if due(self.progs[i].kill_at) {
                 self.progs[i].kill_at = None;
                 if let Some(pid) = self.progs[i].pid {
-                    let group = self.cfg[i].killasgroup;
+                    let group = self.cfg[i].killasgroup && self.progs[i].leads_group;
                     self.actions.push_back(Action::Signal {
                         program: id,
                         pid,
@@ -789,7 +805,7 @@ impl Machine {
                             self.progs[i].state != State::Stopping
                                 || self.progs[i].kill_at.is_some(),
                         ) {
-                            let group = self.cfg[i].killasgroup;
+                            let group = self.cfg[i].killasgroup && self.progs[i].leads_group;
                             self.progs[i].state = State::Stopping;
                             self.progs[i].kill_at = None;
                             self.progs[i].stop_intent = Some(StopIntent::Shutdown);
@@ -971,6 +987,8 @@ impl Machine {
         }
         p.spawn_pending = false;
         p.pid = Some(pid);
+        // The runtime starts every program as the leader of its own session and group.
+        p.leads_group = true;
         p.started_at = Some(now);
         p.ready_at = None;
         p.consecutive_probe_failures = 0;
@@ -1121,7 +1139,7 @@ impl Machine {
             program: id,
             pid,
             signal: c.stopsignal,
-            group: c.stopasgroup,
+            group: c.stopasgroup && p.leads_group,
         });
         self.events.push_back(Event::Stopping {
             program: id,

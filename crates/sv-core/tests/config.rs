@@ -125,7 +125,8 @@ command = "a"
     assert_eq!(
         s.http,
         Some(HttpSettings {
-            listen: "0.0.0.0:9100".into()
+            listen: "0.0.0.0:9100".into(),
+            max_connections: 256,
         })
     );
 }

@@ -840,3 +840,63 @@ fn shutdown_cancels_spawns_still_queued() {
         47
     );
 }
+
+/// Issue 12: the wrapper pattern `daemon & systemd-notify --ready --pid=$!` leaves the daemon in
+/// its wrapper's process group. Its stop signal and SIGKILL must go to the process: a group
+/// signal to its pid reaches nobody.
+#[test]
+fn a_mainpid_daemon_that_leads_no_group_is_signalled_as_a_process() {
+    for leads_group in [false, true] {
+        let mut a = prog("a");
+        a.startsecs = Duration::ZERO;
+        a.stopwaitsecs = Duration::from_secs(1);
+        let cfg = config(vec![a]);
+        let mut m = Machine::new(&cfg, 7);
+        let t0 = Instant::now();
+        m.start(t0);
+        let id = m.find("a").unwrap();
+        assert_eq!(m.poll_action(), Some(Action::Spawn(id)));
+        m.handle(
+            t0,
+            Input::Spawned {
+                program: id,
+                pid: 100,
+            },
+        );
+        assert!(m.signal_group(id), "a spawned process leads its group");
+        m.handle(
+            t0,
+            Input::MainPid {
+                program: id,
+                pid: 100,
+                main_pid: 200,
+                leads_group,
+            },
+        );
+        assert_eq!(m.pid(id), Some(200));
+        assert_eq!(m.signal_group(id), leads_group);
+        while m.poll_action().is_some() {}
+        m.handle(t0, Input::StopRequested(id));
+        let term = m.poll_action();
+        assert_eq!(
+            term,
+            Some(Action::Signal {
+                program: id,
+                pid: 200,
+                signal: Signal::Term,
+                group: leads_group,
+            })
+        );
+        let deadline = m.poll_timeout().expect("a kill deadline");
+        m.handle_timeout(deadline);
+        assert_eq!(
+            m.poll_action(),
+            Some(Action::Signal {
+                program: id,
+                pid: 200,
+                signal: Signal::Kill,
+                group: leads_group,
+            })
+        );
+    }
+}

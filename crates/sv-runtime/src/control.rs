@@ -73,6 +73,9 @@ pub mod code {
     pub const FAILED: &str = "failed";
     /// The request is valid but does not apply (e.g. `ready` for a program without bridge readiness).
     pub const NOT_APPLICABLE: &str = "not_applicable";
+    /// The connection was refused: `max_control_connections` are open already. Sent unasked,
+    /// as the only line, before the supervisor closes the connection.
+    pub const BUSY: &str = "busy";
 }
 
 /// A failure reply's `error` object.

@@ -24,7 +24,8 @@
 //! on sv-bridge: the request is one JSON line and the answer is [`BridgeStats`].
 //!
 //! Invariants: [`serve`] returns once `shutdown` completes, after aborting open connections; a
-//! failing connection never stops the server; responses are never cached (`no-store`).
+//! failing connection never stops the server; responses are never cached (`no-store`); at most
+//! `max_connections` are served at once, one more is answered 503 and closed ([`crate::limit`]).
 #![forbid(unsafe_code)]
 
 use std::convert::Infallible;
@@ -48,6 +49,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+
+use crate::limit::ConnLimit;
 
 /// How the server asks the main loop for a snapshot: it sends a reply channel.
 pub type Ask = mpsc::Sender<oneshot::Sender<Snapshot>>;
@@ -75,16 +78,33 @@ pub async fn bind(listen: &str) -> io::Result<(TcpListener, SocketAddr)> {
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, ask: Ask, shutdown: impl Future<Output = ()>) {
-    serve_with_bridge(listener, ask, None, shutdown).await;
+    serve_with_bridge(listener, ask, None, DEFAULT_MAX_CONNECTIONS, shutdown).await;
+}
+
+/// The default of `[supervisor.http] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = sv_core::config::DEFAULT_HTTP_MAX_CONNECTIONS;
+
+/// The answer to a connection past the cap.
+fn busy_response(max: usize) -> Vec<u8> {
+    let body = format!("too many connections (max_connections = {max})\n");
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncache-control: no-store\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Like [`serve`]; with `bridge` (the bridge's socket), `/metrics` adds the bridge's figures.
+/// At most `max_connections` are served at once; one more gets a 503 and is closed.
 pub async fn serve_with_bridge(
     listener: TcpListener,
     ask: Ask,
     bridge: Option<PathBuf>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
+    let limit = ConnLimit::new(max_connections);
     let bridge = bridge.map(Arc::new);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut conns = JoinSet::new();
@@ -93,9 +113,15 @@ pub async fn serve_with_bridge(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(permit) = limit.admit() else {
+                        tracing::warn!(%peer, max = limit.max(), "http connection refused: too many connections");
+                        limit.refuse(stream, busy_response(limit.max()));
+                        continue;
+                    };
                     let ask = ask.clone();
                     let bridge = bridge.clone();
                     conns.spawn(async move {
+                        let _permit = permit;
                         let svc = hyper::service::service_fn(move |req| {
                             handle(req, ask.clone(), bridge.clone())
                         });

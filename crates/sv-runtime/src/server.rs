@@ -4,7 +4,8 @@
 //! main loop as [`ControlMsg`]s (so `health` proves the loop answers); `logs` and `watch` are
 //! served here from the log hub and the snapshot channel, so a slow client never holds up the
 //! loop. Lines are bounded ([`MAX_LINE`]); a malformed line gets a `bad_request` reply and the
-//! connection stays usable.
+//! connection stays usable. Connections are capped (`max_control_connections`, see
+//! [`crate::limit`]): one more gets a `busy` error line and is closed.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use crate::control::{Request, code, error_reply, ok_reply, parse_request};
+use crate::limit::ConnLimit;
 use crate::logs::{LogHub, LogLine};
 use crate::supervisor::ControlMsg;
 
@@ -56,8 +58,14 @@ pub(crate) fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Accepts connections until `stop` turns true.
-pub(crate) async fn serve(listener: UnixListener, ctx: Context, mut stop: watch::Receiver<bool>) {
+/// Accepts connections until `stop` turns true, at most `limit` at once; a connection past the
+/// cap gets a `busy` error line and is closed.
+pub(crate) async fn serve(
+    listener: UnixListener,
+    ctx: Context,
+    limit: ConnLimit,
+    mut stop: watch::Receiver<bool>,
+) {
     let conn_stop = stop.clone();
     // Set while accept keeps failing, so a streak is logged once rather than ten times a second.
     let mut failing = false;
@@ -66,7 +74,26 @@ pub(crate) async fn serve(listener: UnixListener, ctx: Context, mut stop: watch:
             r = listener.accept() => match r {
                 Ok((stream, _)) => {
                     failing = false;
-                    tokio::spawn(connection(stream, ctx.clone(), conn_stop.clone()));
+                    match limit.admit() {
+                        Some(permit) => {
+                            let (ctx, stop) = (ctx.clone(), conn_stop.clone());
+                            tokio::spawn(async move {
+                                let _permit = permit;
+                                connection(stream, ctx, stop).await;
+                            });
+                        }
+                        None => {
+                            let max = limit.max();
+                            warn!(max, "control connection refused: too many connections");
+                            let reply = error_reply(
+                                code::BUSY,
+                                format!("too many control connections (max_control_connections = {max})"),
+                            );
+                            let mut line = reply.to_string().into_bytes();
+                            line.push(b'\n');
+                            limit.refuse(stream, line);
+                        }
+                    }
                 }
                 Err(e) => {
                     if !failing {

@@ -5,6 +5,9 @@
 //! - [`send`] never signals pid ≤ 0: `kill(0)`/`kill(-1)` would hit the supervisor's own group or
 //!   every process, so a zero or negative pid from a caller is an error, not a broadcast.
 //! - A target that is already gone (ESRCH) is not an error: exits race with signals all the time.
+//!   But a group signal that finds no group while the process itself is alive is an error, never
+//!   "gone": a process that leads no group (a `MAINPID=` daemon left in its wrapper's group) must
+//!   be signalled as a process, and the caller falls back to that (issue 12).
 //! - [`signal_orphans`] signals only our descendants, never ourselves; as PID 1 it relies on
 //!   `kill(-1)`, which the kernel never delivers to the caller or to PID 1 (kill(2)).
 
@@ -73,7 +76,8 @@ pub fn to_nix(sig: Signal) -> NixSignal {
 }
 
 /// `kill(pid)`, or `killpg(pid)` when `group`. `Ok(false)` when the target is already gone
-/// (ESRCH), `Ok(true)` when the signal was sent. A pid ≤ 0 is refused with `InvalidInput`.
+/// (ESRCH with no live process `pid`), `Ok(true)` when the signal was sent. A pid ≤ 0 is refused
+/// with `InvalidInput`; a group signal to a live process that leads no group is an error.
 pub fn send(pid: i32, sig: Signal, group: bool) -> io::Result<bool> {
     if pid <= 0 {
         return Err(io::Error::new(
@@ -89,10 +93,56 @@ pub fn send(pid: i32, sig: Signal, group: bool) -> io::Result<bool> {
     };
     match r {
         Ok(()) => Ok(true),
+        Err(Errno::ESRCH) if group && stat(pid).is_some_and(|s| s.state != 'Z') => Err(
+            io::Error::other(format!("process {pid} is alive but leads no process group")),
+        ),
         Err(Errno::ESRCH) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
+
+/// What `/proc/PID/stat` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, `Z`, ... (proc(5)).
+    pub state: char,
+    /// The parent's pid (0 when the parent is outside our PID namespace).
+    pub ppid: i32,
+    /// The process group id.
+    pub pgrp: i32,
+}
+
+/// The stat of `pid`, `None` when it does not exist (or /proc is unreadable).
+pub fn stat(pid: i32) -> Option<ProcStat> {
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The stat of `pid` when it is a live (non-zombie) descendant of ours, `None` otherwise.
+///
+/// Walks `pid`'s ancestry only, one `/proc/PID/stat` per generation, rather than listing every
+/// process: sd_notify `MAINPID=` datagrams arrive from programs at any rate, and a scan of all
+/// of /proc per datagram would be PID 1's loop spending its time on them (issue 12). The walk
+/// is bounded (a pid reused mid-walk could in theory form a loop).
+pub fn live_descendant(pid: i32) -> Option<ProcStat> {
+    let me = nix::unistd::getpid().as_raw();
+    let first = stat(pid).filter(|s| s.state != 'Z' && pid != me)?;
+    let mut parent = first.ppid;
+    for _ in 0..MAX_ANCESTRY {
+        if parent == me {
+            return Some(first);
+        }
+        if parent <= 1 {
+            // 0: the parent is outside the namespace; 1: init, which we are not (or `me` == 1
+            // would have matched).
+            return None;
+        }
+        parent = stat(parent)?.ppid;
+    }
+    None
+}
+
+/// The deepest process ancestry [`live_descendant`] follows.
+const MAX_ANCESTRY: usize = 4096;
 
 /// Signals every remaining descendant: as PID 1 `kill(-1, sig)` (the kernel spares PID 1
 /// itself); as a subreaper, every process whose parent chain in /proc leads to us (not
@@ -171,24 +221,24 @@ fn read_proc() -> Vec<ProcEntry> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| {
             // Processes exit while we scan: a missing stat file is normal.
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            parse_stat(&stat).map(|(state, ppid)| ProcEntry {
+            stat(pid).map(|s| ProcEntry {
                 pid,
-                ppid,
-                zombie: state == 'Z',
+                ppid: s.ppid,
+                zombie: s.state == 'Z',
             })
         })
         .collect()
 }
 
-/// `(state, ppid)` from `/proc/PID/stat`: `pid (comm) state ppid ...`. `comm` may contain spaces
-/// and parentheses, so fields are counted from the last `)` (proc(5)).
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
+/// State, ppid and pgrp from `/proc/PID/stat`: `pid (comm) state ppid pgrp ...`. `comm` may
+/// contain spaces and parentheses, so fields are counted from the last `)` (proc(5)).
+fn parse_stat(stat: &str) -> Option<ProcStat> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
+    let pgrp = fields.next()?.parse().ok()?;
+    Some(ProcStat { state, ppid, pgrp })
 }
 
 #[cfg(test)]
@@ -204,8 +254,10 @@ mod tests {
 
     #[test]
     fn parses_stat_with_awkward_command_names() {
-        assert_eq!(parse_stat("42 (a) b) (c) S 7 42 42 0 -1"), Some(('S', 7)));
-        assert_eq!(parse_stat("9 (zz) Z 1 9"), Some(('Z', 1)));
+        let st = |state, ppid, pgrp| Some(ProcStat { state, ppid, pgrp });
+        assert_eq!(parse_stat("42 (a) b) (c) S 7 40 42 0 -1"), st('S', 7, 40));
+        assert_eq!(parse_stat("9 (zz) Z 1 9"), st('Z', 1, 9));
+        assert_eq!(parse_stat("9 (zz) Z 1"), None);
         assert_eq!(parse_stat("garbage"), None);
     }
 
@@ -218,6 +270,43 @@ mod tests {
         assert!(leads_to(10, 5, &parent));
         assert!(!leads_to(20, 5, &parent));
         assert!(!leads_to(30, 5, &parent), "a loop must terminate");
+    }
+
+    /// A `sleep 60` child of this test process, in the test's own process group.
+    fn sleeping_child() -> (std::process::Child, i32) {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawning sleep");
+        let pid = child.id() as i32;
+        (child, pid)
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test child of its own, not one the reaper owns
+    fn a_live_process_that_leads_no_group_is_an_error_not_gone() {
+        // A plain child stays in our process group: its pid names no group.
+        let (mut child, pid) = sleeping_child();
+        assert_ne!(stat(pid).map(|s| s.pgrp), Some(pid));
+        let e = send(pid, Signal::Term, true).unwrap_err();
+        assert!(e.to_string().contains("leads no process group"), "{e}");
+        assert!(send(pid, Signal::Kill, false).unwrap());
+        child.wait().expect("waiting for sleep");
+        assert!(
+            !send(pid, Signal::Kill, true).unwrap(),
+            "a reaped process is gone"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test child of its own, not one the reaper owns
+    fn our_own_child_is_a_live_descendant_and_init_is_not() {
+        let (mut child, pid) = sleeping_child();
+        assert!(live_descendant(pid).is_some());
+        assert!(live_descendant(1).is_none());
+        assert!(live_descendant(nix::unistd::getpid().as_raw()).is_none());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //! looked up in the PATH the program will see (its own `environment` may change it); glibc falls
 //! back to `/bin:/usr/bin` when PATH is unset.
 
+use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -80,18 +81,30 @@ impl SpawnError {
 }
 
 /// Starts a program and returns its pid. The exit status arrives through [`crate::reap::reap`].
+/// Its `user` is looked up in the passwd and group databases now; [`spawn_as`] takes one
+/// resolved earlier.
 pub fn spawn(req: SpawnRequest<'_>) -> Result<i32, SpawnError> {
+    let user = match &req.program.user {
+        Some(spec) => Some(resolve_user(spec)?),
+        None => None,
+    };
+    spawn_as(req, user.as_ref())
+}
+
+/// Like [`spawn`], with the program's `user` already resolved ([`resolve_users`]), so that no
+/// passwd or group lookup (files, or NSS modules that may block on the network) happens in the
+/// supervisor's loop per start. `user` is ignored for a program without `user`.
+pub fn spawn_as(req: SpawnRequest<'_>, user: Option<&ResolvedUser>) -> Result<i32, SpawnError> {
     let program = req.program;
     let mut setup = ChildSetup::base();
     setup.umask = program.umask.map(|m| (m & 0o7777) as libc::mode_t);
 
     let mut env: Vec<(String, String)> = Vec::new();
-    if let Some(spec) = &program.user {
-        let user = resolve_user(spec)?;
-        env.push(("HOME".into(), user.home));
+    if let (Some(_), Some(user)) = (&program.user, user) {
+        env.push(("HOME".into(), user.home.clone()));
         env.push(("USER".into(), user.name.clone()));
-        env.push(("LOGNAME".into(), user.name));
-        setup.ids = user.switch;
+        env.push(("LOGNAME".into(), user.name.clone()));
+        setup.ids = user.switch.clone();
     }
     env.extend(program.environment.iter().cloned());
     env.extend(req.extra_env.iter().cloned());
@@ -129,7 +142,7 @@ struct ChildSetup {
     user_display: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Ids {
     uid: libc::uid_t,
     gid: libc::gid_t,
@@ -333,20 +346,113 @@ fn mark_fds_cloexec(limit: libc::c_int) -> io::Result<()> {
     if r == 0 {
         return Ok(());
     }
-    // ENOSYS before Linux 5.9, EINVAL before 5.11 (no CLOSE_RANGE_CLOEXEC). Reading
-    // /proc/self/fd would allocate, so walk every possible descriptor instead.
-    for fd in 3..limit {
-        // SAFETY: fcntl(2) on an arbitrary integer only fails with EBADF when it is not open.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        if flags >= 0
-            && flags & libc::FD_CLOEXEC == 0
-            // SAFETY: as above.
-            && unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } != 0
-        {
-            return Err(Step::Fds.fail());
+    // ENOSYS before Linux 5.9, EINVAL before 5.11 (no CLOSE_RANGE_CLOEXEC): the 5.4 and 5.10
+    // LTS kernels of many IoT boards. Walking every possible descriptor up to RLIMIT_NOFILE
+    // (1,048,576 in Docker) would cost a million fcntl calls per spawn and per exec probe, so
+    // only the open ones are visited, as /proc/self/fd lists them; the full walk is left for a
+    // system without /proc (issue 12).
+    match mark_open_fds_cloexec() {
+        Some(r) => r.map(|_| ()),
+        None => {
+            for fd in 3..limit {
+                set_cloexec(fd)?;
+            }
+            Ok(())
         }
     }
+}
+
+/// Marks `fd` close-on-exec if it is open and not marked yet.
+fn set_cloexec(fd: libc::c_int) -> io::Result<()> {
+    // SAFETY: fcntl(2) on an arbitrary integer only fails with EBADF when it is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags >= 0
+        && flags & libc::FD_CLOEXEC == 0
+        // SAFETY: as above.
+        && unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } != 0
+    {
+        return Err(Step::Fds.fail());
+    }
     Ok(())
+}
+
+/// The `getdents64` buffer: `struct linux_dirent64` records are 8-byte aligned.
+#[repr(C, align(8))]
+struct DirentBuf([u8; 4096]);
+
+/// Marks every open descriptor ≥ 3 close-on-exec, visiting only those listed in
+/// /proc/self/fd. Safe after fork: plain system calls (open, getdents64, fcntl, close) on a
+/// stack buffer, no allocation. Returns how many descriptors were marked or found marked, or
+/// `None` when /proc/self/fd cannot be opened (no /proc), for the caller's fallback.
+///
+/// Setting a flag does not change the descriptor table, so marking while listing sees every
+/// descriptor that was open when the listing started.
+fn mark_open_fds_cloexec() -> Option<io::Result<usize>> {
+    // SAFETY: a NUL-terminated literal; open(2) returns a new descriptor or -1.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return None;
+    }
+    let result = visit_listed_fds(dir);
+    // SAFETY: `dir` was opened above and is closed once.
+    unsafe { libc::close(dir) };
+    Some(result)
+}
+
+fn visit_listed_fds(dir: libc::c_int) -> io::Result<usize> {
+    // d_ino (8), d_off (8), d_reclen (2), d_type (1), then the NUL-terminated name.
+    const NAME: usize = 19;
+    let mut buf = DirentBuf([0; 4096]);
+    let mut visited = 0;
+    loop {
+        // SAFETY: getdents64(2) writes at most `buf.0.len()` bytes into the live buffer.
+        let n =
+            unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.0.as_mut_ptr(), buf.0.len()) };
+        if n < 0 {
+            return Err(Step::Fds.fail());
+        }
+        if n == 0 {
+            return Ok(visited);
+        }
+        let bytes = buf.0.get(..n as usize).unwrap_or(&[]);
+        let mut off = 0;
+        while let Some(rec) = bytes.get(off..) {
+            let Some(&[lo, hi]) = rec.get(16..18) else {
+                break;
+            };
+            let reclen = u16::from_ne_bytes([lo, hi]) as usize;
+            if reclen <= NAME || reclen > rec.len() {
+                break;
+            }
+            if let Some(fd) = parse_fd(&rec[NAME..reclen])
+                && fd > 2
+                && fd != dir
+            {
+                set_cloexec(fd)?;
+                visited += 1;
+            }
+            off += reclen;
+        }
+    }
+}
+
+/// A descriptor number from a NUL-terminated directory entry name; `None` for `.`, `..` and
+/// anything else that is not a plain number.
+fn parse_fd(name: &[u8]) -> Option<libc::c_int> {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let digits = &name[..end];
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0 as libc::c_int, |acc, &b| {
+        let d = (b as char).to_digit(10)? as libc::c_int;
+        acc.checked_mul(10)?.checked_add(d)
+    })
 }
 
 /// Turns std's spawn error (possibly tagged with a [`Step`]) into a [`SpawnError`].
@@ -397,9 +503,22 @@ fn describe(e: &io::Error, program: &str, dir: &str, user: &str) -> SpawnError {
     }
 }
 
+/// Resolves the `user` of every program that has one, once per config load. A user that cannot
+/// be resolved now is left out: [`spawn`] looks it up again at each start (a user created
+/// after the supervisor started still works) and reports the failure as a failed start.
+pub fn resolve_users<'a>(
+    programs: impl IntoIterator<Item = &'a ProgramConfig>,
+) -> HashMap<String, ResolvedUser> {
+    programs
+        .into_iter()
+        .filter_map(|p| Some((p.name.clone(), resolve_user(p.user.as_deref()?).ok()?)))
+        .collect()
+}
+
 /// A resolved `user`: environment values, and the ids to switch to (None when we already are
 /// that user and cannot switch anyway).
-struct ResolvedUser {
+#[derive(Debug, Clone)]
+pub struct ResolvedUser {
     name: String,
     home: String,
     switch: Option<Ids>,
@@ -461,4 +580,78 @@ fn resolve_user(spec: &str) -> Result<ResolvedUser, SpawnError> {
         )));
     };
     Ok(ResolvedUser { name, home, switch })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    #[test]
+    fn descriptor_names_parse_as_numbers_only() {
+        assert_eq!(parse_fd(b"17\0\0"), Some(17));
+        assert_eq!(parse_fd(b"0\0"), Some(0));
+        assert_eq!(parse_fd(b".\0"), None);
+        assert_eq!(parse_fd(b"..\0"), None);
+        assert_eq!(parse_fd(b"\0"), None);
+        assert_eq!(parse_fd(b"99999999999\0"), None);
+    }
+
+    /// The fallback for kernels without CLOSE_RANGE_CLOEXEC, called directly: with
+    /// RLIMIT_NOFILE raised to 1,048,576 (Docker's default) and a descriptor near the top, every
+    /// open descriptor above 2 ends close-on-exec, and only the open ones are visited. A walk up
+    /// to the limit would visit a million.
+    #[test]
+    fn the_close_on_exec_fallback_visits_only_open_descriptors() {
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        // Root may raise the hard limit; others make do with theirs.
+        let limit = if setrlimit(Resource::RLIMIT_NOFILE, 1 << 20, 1 << 20).is_ok() {
+            1 << 20
+        } else {
+            setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raising the soft limit");
+            hard
+        };
+        let low = nix::unistd::dup(std::io::stdin()).expect("dup");
+        let high_fd = (limit - 1) as libc::c_int;
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2(2) on a descriptor this test owns, onto a number nothing uses.
+        let high = unsafe { libc::dup2(low.as_raw_fd(), high_fd) };
+        assert_eq!(high, high_fd, "dup2 near the limit");
+        let flags = |fd: libc::c_int| {
+            // SAFETY: F_GETFD on a descriptor this test owns.
+            unsafe { libc::fcntl(fd, libc::F_GETFD) }
+        };
+        assert_eq!(
+            flags(low.as_raw_fd()) & libc::FD_CLOEXEC,
+            0,
+            "dup clears the flag"
+        );
+        assert_eq!(flags(high_fd) & libc::FD_CLOEXEC, 0);
+
+        let visited = mark_open_fds_cloexec()
+            .expect("/proc/self/fd is readable")
+            .expect("marking");
+
+        let open: Vec<libc::c_int> = std::fs::read_dir("/proc/self/fd")
+            .expect("listing /proc/self/fd")
+            .filter_map(|e| parse_fd(e.ok()?.file_name().as_encoded_bytes()))
+            .filter(|&fd| fd > 2 && flags(fd) >= 0)
+            .collect();
+        for fd in &open {
+            // The listing's own descriptor is gone by now; every other one must be marked.
+            assert_ne!(
+                flags(*fd) & libc::FD_CLOEXEC,
+                0,
+                "fd {fd} is not close-on-exec"
+            );
+        }
+        assert!(open.contains(&high_fd));
+        assert!(
+            visited >= 2 && visited <= open.len() + 1,
+            "visited {visited} descriptors with {} open",
+            open.len()
+        );
+        // SAFETY: closing the descriptor dup2 created above, once.
+        unsafe { libc::close(high_fd) };
+    }
 }

@@ -25,7 +25,7 @@ use signal_hook::consts::signal::{
     SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
 };
 use sv_core::config::{Config, OutputMode, ProgramConfig, ReadinessCheck};
-use sv_core::machine::{Action, Event, Input, Machine, ProbeKind, ProgramId, Snapshot};
+use sv_core::machine::{Action, Event, ExitStatus, Input, Machine, ProbeKind, ProgramId, Snapshot};
 use sv_core::notify::Notify;
 use sv_core::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -128,6 +128,9 @@ struct Supervisor {
     snapshot_tx: watch::Sender<Snapshot>,
     http_addr: Option<String>,
     exit: Option<i32>,
+    /// Every program's `user`, resolved once when the config is loaded (passwd and group
+    /// lookups may block, so they are kept out of each start); see [`spawn::resolve_users`].
+    users: HashMap<String, spawn::ResolvedUser>,
 }
 
 /// Runs the supervisor until it has shut down; returns the process exit code.
@@ -200,7 +203,8 @@ pub async fn run(opts: Options) -> i32 {
                 logs: logs.clone(),
                 names: names.clone(),
             };
-            tokio::spawn(crate::server::serve(listener, ctx, stop_rx.clone()));
+            let limit = crate::limit::ConnLimit::new(settings.max_control_connections);
+            tokio::spawn(crate::server::serve(listener, ctx, limit, stop_rx.clone()));
             info!(path = %opts.control_socket.display(), "control socket listening");
         }
         Err(e) => {
@@ -226,6 +230,7 @@ pub async fn run(opts: Options) -> i32 {
                     listener,
                     ask_tx.clone(),
                     bridge,
+                    http.max_connections,
                     async move {
                         let _ = stop.wait_for(|s| *s).await;
                     },
@@ -251,6 +256,7 @@ pub async fn run(opts: Options) -> i32 {
         snapshot_tx,
         http_addr,
         exit: None,
+        users: spawn::resolve_users(&opts.config.programs),
     };
     sup.bind_notify_sockets(&rundir, &opts.config.programs, stop_rx.clone());
 
@@ -452,8 +458,14 @@ impl Supervisor {
                 signal,
                 group,
             } => {
-                if let Err(e) = signals::send(pid, signal, group) {
-                    warn!(program = %self.name(program), pid, signal = %signal, error = %e, "cannot signal");
+                let gone = matches!(self.signal_program(program, pid, signal, group), Ok(false));
+                if gone && self.machine.pid(program) == Some(pid) {
+                    // No such process, not even a zombie, yet we never reaped it: someone else
+                    // did (a `MAINPID=` daemon that died before its wrapper exited). Its status
+                    // went to them; without this the program would stay STOPPING for good.
+                    warn!(program = %self.name(program), pid, "the program's process is gone without an exit status; taking it as ended by {signal}");
+                    let status = ExitStatus::Signaled(signals::to_nix(signal) as i32);
+                    self.machine.handle(now, Input::Exited { pid, status });
                 }
             }
             Action::Probe { program, pid, kind } => self.start_probe(program, pid, kind),
@@ -466,6 +478,29 @@ impl Supervisor {
                 self.reap();
             }
             Action::Exit(code) => self.exit = Some(code),
+        }
+    }
+
+    /// Signals a program's process (its group when `group`), logging failures. A group signal
+    /// that fails while the process lives falls back to the process itself: a stop signal that
+    /// reaches nobody would leave the program STOPPING with no SIGKILL ever delivered.
+    fn signal_program(
+        &self,
+        program: ProgramId,
+        pid: i32,
+        signal: Signal,
+        group: bool,
+    ) -> std::io::Result<bool> {
+        match signals::send(pid, signal, group) {
+            Err(e) if group => {
+                warn!(program = %self.name(program), pid, signal = %signal, error = %e, "cannot signal the process group; signalling the process");
+                signals::send(pid, signal, false).inspect_err(|e| {
+                    error!(program = %self.name(program), pid, signal = %signal, error = %e, "cannot signal");
+                })
+            }
+            r => r.inspect_err(|e| {
+                error!(program = %self.name(program), pid, signal = %signal, error = %e, "cannot signal");
+            }),
         }
     }
 
@@ -521,7 +556,10 @@ impl Supervisor {
             stdout,
             stderr,
         };
-        spawn::spawn(req)
+        match self.users.get(&cfg.name) {
+            Some(user) => spawn::spawn_as(req, Some(user)),
+            None => spawn::spawn(req),
+        }
     }
 
     /// The `log` readiness hook: the first matching line of this incarnation reports readiness.
@@ -647,10 +685,7 @@ impl Supervisor {
                 };
                 for id in self.machine.ids() {
                     if let Some(pid) = self.machine.pid(id) {
-                        let group = self.machine.program(id).stopasgroup;
-                        if let Err(e) = signals::send(pid, signal, group) {
-                            warn!(program = %self.name(id), error = %e, "cannot forward {signal}");
-                        }
+                        let _ = self.signal_program(id, pid, signal, self.machine.signal_group(id));
                     }
                 }
                 debug!(signal = %signal, "forwarded to every running program");
@@ -697,15 +732,19 @@ impl Supervisor {
                         Notify::MainPid(main_pid) if main_pid != pid => {
                             // Only a descendant of ours may become a program's main process:
                             // anything else would let a program have us signal a stranger.
-                            if signals::descendants().contains(&main_pid) {
-                                Some(Input::MainPid {
+                            // Whether it leads a group is recorded now: a daemon left in its
+                            // wrapper's group must be signalled as a process.
+                            match signals::live_descendant(main_pid) {
+                                Some(st) => Some(Input::MainPid {
                                     program,
                                     pid,
                                     main_pid,
-                                })
-                            } else {
-                                warn!(program = %self.name(program), main_pid, "ignoring MAINPID= of a process that is not ours");
-                                None
+                                    leads_group: st.pgrp == main_pid,
+                                }),
+                                None => {
+                                    warn!(program = %self.name(program), main_pid, "ignoring MAINPID= of a process that is not ours");
+                                    None
+                                }
                             }
                         }
                         Notify::ExtendTimeoutUsec(us) => Some(Input::ExtendTimeout {
@@ -839,10 +878,11 @@ impl Supervisor {
                         for id in ids {
                             let name = self.name(id).to_string();
                             let r = match self.machine.pid(id) {
-                                Some(pid) => match signals::send(
+                                Some(pid) => match self.signal_program(
+                                    id,
                                     pid,
                                     sig,
-                                    self.machine.program(id).stopasgroup,
+                                    self.machine.signal_group(id),
                                 ) {
                                     Ok(_) => {
                                         serde_json::json!({"name": name, "ok": true, "pid": pid})

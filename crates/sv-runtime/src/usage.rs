@@ -14,6 +14,8 @@ pub struct Usage {
 }
 
 /// Samples `pids` twice, `sysinfo::MINIMUM_CPU_UPDATE_INTERVAL` apart (CPU % is a rate).
+/// Runs in the CLI client only (`status`), never in the supervisor's loop, hence the sleep.
+#[allow(clippy::disallowed_methods)]
 pub fn measure(pids: &[i32]) -> HashMap<i32, Usage> {
     if pids.is_empty() {
         return HashMap::new();

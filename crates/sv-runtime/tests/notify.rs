@@ -1,4 +1,7 @@
 //! sd_notify sockets with real senders: systemd's own `systemd-notify` and `test-child`.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -6,17 +9,16 @@ use std::process::{Child, Command, Stdio};
 
 use sv_core::notify::Notify;
 use sv_runtime::notify::NotifySocket;
-use sv_testkit::{WAIT, tempdir, test_child};
+use sv_testkit::{Requirement, WAIT, require, require_that, tempdir, test_child};
 
 const SYSTEMD_NOTIFY: &str = "/usr/bin/systemd-notify";
 
 fn have_systemd_notify() -> bool {
-    if Path::new(SYSTEMD_NOTIFY).exists() {
-        true
-    } else {
-        eprintln!("skipping: {SYSTEMD_NOTIFY} is not installed");
-        false
-    }
+    require_that(
+        Requirement::SystemdNotify,
+        Path::new(SYSTEMD_NOTIFY).exists(),
+        &format!("{SYSTEMD_NOTIFY} is not installed"),
+    )
 }
 
 fn spawn_with_socket(argv: &[&str], sock: &NotifySocket) -> Child {
@@ -149,8 +151,7 @@ async fn socket_is_private_replaces_a_stale_socket_and_spares_other_files() {
 
 #[tokio::test]
 async fn socket_is_owned_by_the_program_user_when_given() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipping: changing a socket's owner needs root");
+    if !require(Requirement::Root) {
         return;
     }
     let dir = tempdir().unwrap();

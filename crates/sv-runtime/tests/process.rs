@@ -5,6 +5,9 @@
 //! Every child is the `test-child` fixture (or `sh`), which reports what it sees into files the
 //! test polls for. Each test owns its children: under nextest each test is its own process; under
 //! `cargo test` a lock serialises them, because `reap()` collects every child of the process.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::fs;
@@ -19,7 +22,7 @@ use sv_core::signal::Signal;
 use sv_runtime::reap::{self, ReaperMode};
 use sv_runtime::signals;
 use sv_runtime::spawn::{self, SpawnError, SpawnRequest};
-use sv_testkit::{WAIT, tempdir, test_child, wait_for, wait_until};
+use sv_testkit::{Requirement, TempUser, WAIT, require, tempdir, test_child, wait_for, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -118,10 +121,6 @@ fn proc_stat(pid: i32) -> Option<(char, i32, String)> {
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
     Some((state, ppid, comm))
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// A directory everyone may enter and write (for children running as another user), with a copy
@@ -275,8 +274,7 @@ fn umask_is_applied() {
 #[test]
 fn user_switch_to_nobody_by_name_and_by_uid() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !require(Requirement::Root) {
         return;
     }
     let nobody = nix::unistd::User::from_name("nobody")
@@ -321,8 +319,7 @@ fn user_switch_to_nobody_by_name_and_by_uid() {
 #[test]
 fn explicit_environment_wins_over_the_users_home() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !require(Requirement::Root) {
         return;
     }
     let (dir, exe) = shared_dir();
@@ -343,82 +340,12 @@ fn explicit_environment_wins_over_the_users_home() {
     Statuses::default().wait_exit(pid);
 }
 
-/// A user and group created for one test and deleted afterwards.
-struct TempUser {
-    user: String,
-    group: String,
-}
-
-impl TempUser {
-    fn create() -> Option<TempUser> {
-        let id = std::process::id();
-        let t = TempUser {
-            user: format!("svprocu{id}"),
-            group: format!("svprocg{id}"),
-        };
-        let run = |args: &[&str]| {
-            std::process::Command::new(args[0])
-                .args(&args[1..])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !run(&["groupadd", &t.group]) {
-            return None;
-        }
-        let ok = run(&[
-            "useradd",
-            "-M",
-            "-N",
-            "-g",
-            "nogroup",
-            "-G",
-            &t.group,
-            "-d",
-            "/nonexistent",
-            "-s",
-            "/usr/sbin/nologin",
-            &t.user,
-        ]);
-        if !ok {
-            // Drop deletes the group.
-            drop(t);
-            return None;
-        }
-        Some(t)
-    }
-}
-
-impl Drop for TempUser {
-    fn drop(&mut self) {
-        for args in [["userdel", &self.user], ["groupdel", &self.group]] {
-            let _ = std::process::Command::new(args[0])
-                .arg(args[1])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
 #[test]
 fn user_switch_keeps_supplementary_groups() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: creating a user needs root");
-        return;
-    }
-    let Some(tmp) = TempUser::create() else {
-        eprintln!("skipped: groupadd/useradd are not available");
+    let Some((tmp, user, group)) = TempUser::required() else {
         return;
     };
-    let user = nix::unistd::User::from_name(&tmp.user)
-        .unwrap()
-        .expect("user");
-    let group = nix::unistd::Group::from_name(&tmp.group)
-        .unwrap()
-        .expect("group");
     let (dir, exe) = shared_dir();
     let ids = dir.path().join("ids");
     let mut prog = program(vec![
@@ -460,8 +387,7 @@ fn unknown_user_is_a_spawn_error() {
 #[test]
 fn directory_is_entered_as_the_new_user() {
     let _s = serial();
-    if !is_root() {
-        eprintln!("skipped: switching users needs root");
+    if !require(Requirement::Root) {
         return;
     }
     let (dir, exe) = shared_dir();

@@ -5,6 +5,9 @@
 //! so that `pid1_inside_a_namespace` (ignored in ordinary runs) executes as PID 1 with a private
 //! /proc. Creating a PID namespace needs root or user namespaces; without them the test prints a
 //! skip line.
+// Tests start, wait for and pace their own processes; the rules in clippy.toml are for the
+// supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
 use std::fs;
@@ -31,8 +34,11 @@ fn pid1_mode_under_unshare() {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !usable {
-        eprintln!("skipped: cannot create a PID namespace here (unshare --pid needs root)");
+    if !sv_testkit::require_that(
+        sv_testkit::Requirement::Unshare,
+        usable,
+        "cannot create a PID namespace here (unshare --pid needs root)",
+    ) {
         return;
     }
     let exe = std::env::current_exe().expect("current_exe");

@@ -7,7 +7,15 @@
 //! - [`Mosquitto`]: a real broker per test on a free loopback port, killed on drop.
 //! - [`test_child`]: the path of the `test-child` program (see `src/bin/test-child.rs`).
 //! - [`cargo_bin`]: the path of any binary built in this workspace's target directory.
+//! - [`TempUser`]: a user with a supplementary group of its own, created as root for one test.
+//! - [`require`] / [`require_that`]: what a test needs from the machine (root, `unshare`,
+//!   `systemd-notify`, python3, node, go, mosquitto). Missing, the test prints a `skipped:` line
+//!   and returns, unless the matching `REQUIRE_*=1` variable is set, which turns the skip into a
+//!   failure: CI sets them all, so nothing there passes without testing.
 #![forbid(unsafe_code)]
+// A test fixture: it waits for and paces its own processes; the rules in clippy.toml
+// are for the supervisor's runtime.
+#![allow(clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -84,7 +92,106 @@ pub fn test_child() -> PathBuf {
 
 /// Whether tests that need mosquitto must fail (rather than skip) when it is missing.
 pub fn mosquitto_required() -> bool {
-    std::env::var("REQUIRE_MOSQUITTO").is_ok_and(|v| v == "1")
+    Requirement::Mosquitto.required()
+}
+
+/// Something a test needs from the machine, with the variable that makes it mandatory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// Running as root (user switching, PID namespaces, mounts): `REQUIRE_ROOT`.
+    Root,
+    /// `unshare --pid --fork --mount-proc` works (a PID namespace): `REQUIRE_UNSHARE`.
+    Unshare,
+    /// systemd's `systemd-notify` is installed: `REQUIRE_SYSTEMD_NOTIFY`.
+    SystemdNotify,
+    /// `python3` is installed: `REQUIRE_PYTHON`.
+    Python,
+    /// `node` is installed: `REQUIRE_NODE`.
+    Node,
+    /// `go` is installed: `REQUIRE_GO`.
+    Go,
+    /// `mosquitto` is installed: `REQUIRE_MOSQUITTO`.
+    Mosquitto,
+}
+
+impl Requirement {
+    /// The environment variable that turns a missing requirement into a failure when `1`.
+    pub fn env_var(self) -> &'static str {
+        match self {
+            Requirement::Root => "REQUIRE_ROOT",
+            Requirement::Unshare => "REQUIRE_UNSHARE",
+            Requirement::SystemdNotify => "REQUIRE_SYSTEMD_NOTIFY",
+            Requirement::Python => "REQUIRE_PYTHON",
+            Requirement::Node => "REQUIRE_NODE",
+            Requirement::Go => "REQUIRE_GO",
+            Requirement::Mosquitto => "REQUIRE_MOSQUITTO",
+        }
+    }
+
+    /// Whether a test missing this must fail rather than skip.
+    pub fn required(self) -> bool {
+        std::env::var(self.env_var()).is_ok_and(|v| v == "1")
+    }
+
+    /// Whether the machine provides it right now, and what is missing when not.
+    pub fn check(self) -> Result<(), String> {
+        let tool = |name: &str| match which(name) {
+            Some(_) => Ok(()),
+            None => Err(format!("{name} is not installed")),
+        };
+        match self {
+            Requirement::Root => {
+                if nix::unistd::geteuid().is_root() {
+                    Ok(())
+                } else {
+                    Err("this test needs root".into())
+                }
+            }
+            Requirement::Unshare => {
+                let ok = Command::new("unshare")
+                    .args(["--pid", "--fork", "--mount-proc", "true"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    Ok(())
+                } else {
+                    Err("cannot create a PID namespace here (unshare --pid needs root)".into())
+                }
+            }
+            Requirement::SystemdNotify => tool("systemd-notify"),
+            Requirement::Python => tool("python3"),
+            Requirement::Node => tool("node"),
+            Requirement::Go => tool("go"),
+            Requirement::Mosquitto => tool("mosquitto"),
+        }
+    }
+}
+
+/// Whether `req` is met. When it is not: panics if its `REQUIRE_*` variable is `1`, otherwise
+/// prints a `skipped:` line and returns `false` (the caller returns).
+#[track_caller]
+pub fn require(req: Requirement) -> bool {
+    match req.check() {
+        Ok(()) => true,
+        Err(why) => require_that(req, false, &why),
+    }
+}
+
+/// Like [`require`] for a condition the caller checked itself (`met`), described by `why`
+/// when it does not hold (e.g. "groupadd/useradd are not available").
+#[track_caller]
+pub fn require_that(req: Requirement, met: bool, why: &str) -> bool {
+    if met {
+        return true;
+    }
+    if req.required() {
+        panic!("{why}, and {}=1 makes this a failure", req.env_var());
+    }
+    eprintln!("skipped: {why}");
+    false
 }
 
 fn which(prog: &str) -> Option<PathBuf> {
@@ -114,11 +221,7 @@ impl Mosquitto {
 
     /// Like [`Mosquitto::start`] with extra lines for the broker's config file.
     pub fn start_with(extra_conf: &str) -> Option<Mosquitto> {
-        if which("mosquitto").is_none() {
-            if mosquitto_required() {
-                panic!("mosquitto is required (REQUIRE_MOSQUITTO=1) but not installed");
-            }
-            eprintln!("skipped: mosquitto is not installed (apt-get install mosquitto)");
+        if !require(Requirement::Mosquitto) {
             return None;
         }
         let mut m = Mosquitto {
@@ -303,5 +406,95 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A user and group created for one test and deleted afterwards.
+#[derive(Debug)]
+pub struct TempUser {
+    /// The user's name.
+    pub user: String,
+    /// The name of its supplementary group.
+    pub group: String,
+}
+
+impl TempUser {
+    /// Creates both (as root), or `None` when groupadd/useradd fail or are missing.
+    pub fn create() -> Option<TempUser> {
+        let id = std::process::id();
+        let t = TempUser {
+            user: format!("svprocu{id}"),
+            group: format!("svprocg{id}"),
+        };
+        let run = |args: &[&str]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !run(&["groupadd", &t.group]) {
+            return None;
+        }
+        let ok = run(&[
+            "useradd",
+            "-M",
+            "-N",
+            "-g",
+            "nogroup",
+            "-G",
+            &t.group,
+            "-d",
+            "/nonexistent",
+            "-s",
+            "/usr/sbin/nologin",
+            &t.user,
+        ]);
+        if !ok {
+            // Drop deletes the group.
+            drop(t);
+            return None;
+        }
+        Some(t)
+    }
+}
+
+impl TempUser {
+    /// For a test that needs one: the user with its passwd entry and its group's entry, or
+    /// `None` after [`require`] said why not (root is needed; groupadd/useradd must exist).
+    pub fn required() -> Option<(TempUser, nix::unistd::User, nix::unistd::Group)> {
+        if !require(Requirement::Root) {
+            return None;
+        }
+        let tmp = TempUser::create();
+        if !require_that(
+            Requirement::Root,
+            tmp.is_some(),
+            "groupadd/useradd are not available",
+        ) {
+            return None;
+        }
+        let tmp = tmp?;
+        let user = nix::unistd::User::from_name(&tmp.user).ok()??;
+        let group = nix::unistd::Group::from_name(&tmp.group).ok()??;
+        Some((tmp, user, group))
+    }
+
+    /// Deletes the user and the group now (dropping does it too; a second time is harmless).
+    pub fn delete(&self) {
+        for args in [["userdel", &self.user], ["groupdel", &self.group]] {
+            let _ = std::process::Command::new(args[0])
+                .arg(args[1])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        self.delete();
     }
 }

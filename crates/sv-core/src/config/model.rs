@@ -53,7 +53,16 @@ pub struct SupervisorSettings {
     pub max_line_bytes: usize,
     /// `[supervisor.http]`: the optional health/metrics HTTP server (off when absent).
     pub http: Option<HttpSettings>,
+    /// `max_control_connections`: control socket connections served at once; one more gets a
+    /// `busy` error and is closed. Default [`DEFAULT_MAX_CONTROL_CONNECTIONS`].
+    pub max_control_connections: usize,
 }
+
+/// The default of `max_control_connections`: room for the 1,000 simultaneous clients the
+/// reliability tests hold open (docs/reliability.md), at a bounded cost.
+pub const DEFAULT_MAX_CONTROL_CONNECTIONS: usize = 1024;
+/// The default of `[supervisor.http] max_connections`: probes and scrapers, not crowds.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
 
 /// `[supervisor.http]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +70,9 @@ pub struct HttpSettings {
     /// `listen`: `host:port`; port 0 picks a free port (the bound address is logged and shown in
     /// status). Default `127.0.0.1:0`... there is no default: the table requires it.
     pub listen: String,
+    /// `max_connections`: HTTP connections served at once; one more gets a 503 and is closed.
+    /// Default [`DEFAULT_HTTP_MAX_CONNECTIONS`].
+    pub max_connections: usize,
 }
 
 /// `autorestart`.
@@ -298,6 +310,7 @@ impl Default for SupervisorSettings {
             log_buffer_lines: 1000,
             max_line_bytes: 16 * 1024,
             http: None,
+            max_control_connections: DEFAULT_MAX_CONTROL_CONNECTIONS,
         }
     }
 }

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use super::diag::Sink;
-use super::model::{BridgeSection, HttpSettings, LogFormat, SupervisorSettings};
+use super::model::{
+    BridgeSection, DEFAULT_HTTP_MAX_CONNECTIONS, HttpSettings, LogFormat, SupervisorSettings,
+};
 use super::value::{Field, Table};
 
 const SUPERVISOR_KEYS: &[&str] = &[
@@ -14,6 +16,7 @@ const SUPERVISOR_KEYS: &[&str] = &[
     "orphan_grace",
     "log_buffer_lines",
     "max_line_bytes",
+    "max_control_connections",
     "http",
 ];
 
@@ -59,6 +62,10 @@ fn read<'a, 'i, T>(
     table.get(key).and_then(|field| f(&field, sink))
 }
 
+/// The largest accepted connection cap: far beyond what a container needs, low enough that a
+/// typo cannot mean "unbounded".
+const MAX_CONNECTIONS: i64 = 65_536;
+
 /// `usize` bounds as `i64`, for [`Field::int_in`].
 fn usize_max() -> i64 {
     i64::try_from(usize::MAX).unwrap_or(i64::MAX)
@@ -98,14 +105,26 @@ pub(super) fn supervisor(table: &Table<'_, '_>, sink: &mut Sink) -> SupervisorSe
     }) {
         s.max_line_bytes = v;
     }
+    if let Some(v) = read(table, sink, "max_control_connections", |f, s| {
+        f.int_in(s, 1, MAX_CONNECTIONS)
+    }) {
+        s.max_control_connections = v;
+    }
     if let Some(f) = table.get("http") {
         if let Some(http) = f.table(sink, table.child_path("http")) {
-            http.check_keys(sink, &["listen"]);
+            http.check_keys(sink, &["listen", "max_connections"]);
+            let max_connections = read(&http, sink, "max_connections", |f, s| {
+                f.int_in(s, 1, MAX_CONNECTIONS)
+            })
+            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
             match http.get("listen") {
                 Some(f) => {
                     if let Some(listen) = f.text(sink) {
                         if is_host_port(&listen, true) {
-                            s.http = Some(HttpSettings { listen });
+                            s.http = Some(HttpSettings {
+                                listen,
+                                max_connections,
+                            });
                         } else {
                             f.error(
                                 sink,
