@@ -153,6 +153,7 @@ fn family(
 /// - `iot2mqtt_sv_program_last_exit_code{program}`: only once the program has exited;
 /// - `iot2mqtt_sv_program_ready{program}`: 1 or 0;
 /// - `iot2mqtt_sv_program_probe_failures_total{program}`;
+/// - `iot2mqtt_sv_program_log_file_dropped_lines_total{program}`: only programs with a `log_file`;
 /// - `iot2mqtt_sv_healthy`: 1 or 0.
 pub fn metrics_text(snap: &Snapshot) -> String {
     let mut out = String::new();
@@ -219,6 +220,13 @@ pub fn metrics_text(snap: &Snapshot) -> String {
         "counter",
         "Liveness probe and watchdog failures of each program since the supervisor started.",
         &per_program(&|p| Some(p.probe_failures.to_string())),
+    );
+    family(
+        &mut out,
+        "iot2mqtt_sv_program_log_file_dropped_lines_total",
+        "counter",
+        "Output lines not written to the program's log_file (slow or failing file; stdout has them).",
+        &per_program(&|p| p.log_file_dropped_lines.map(|n| n.to_string())),
     );
     family(
         &mut out,
@@ -449,6 +457,7 @@ mod tests {
             reason: None,
             status_text: None,
             probe_failures: 1,
+            log_file_dropped_lines: None,
         }
     }
 

@@ -258,6 +258,10 @@ pub struct ProgramStatus {
     pub status_text: Option<String>,
     /// Liveness probe and watchdog failures since start.
     pub probe_failures: u64,
+    /// Lines its `log_file` dropped (slow or failing file); absent without a `log_file`. Filled
+    /// in by the runtime, which owns the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file_dropped_lines: Option<u64>,
 }
 
 /// The whole supervisor as `status` and `health` see it.
@@ -859,6 +863,7 @@ impl Machine {
                     reason: p.reason.clone(),
                     status_text: p.status_text.clone(),
                     probe_failures: p.probe_failures,
+                    log_file_dropped_lines: None,
                 }
             })
             .collect();

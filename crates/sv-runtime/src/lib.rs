@@ -4,6 +4,7 @@
 pub mod client;
 pub mod control;
 pub mod http;
+mod log_file;
 pub mod logs;
 pub mod notify;
 pub mod probe;

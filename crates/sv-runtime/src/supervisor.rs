@@ -253,6 +253,13 @@ pub async fn run(opts: Options) -> i32 {
         exit: None,
     };
     sup.bind_notify_sockets(&rundir, &opts.config.programs, stop_rx.clone());
+    for p in &opts.config.programs {
+        if let Some(file) = &p.log_file {
+            if let Err(e) = sup.logs.add_log_file(&p.name, file) {
+                error!(program = %p.name, error = %e, "cannot start the log file writer; output goes to stdout only");
+            }
+        }
+    }
 
     sup.machine.start(Instant::now());
     sup.pump(&mut sigs);
@@ -272,7 +279,7 @@ pub async fn run(opts: Options) -> i32 {
             Some(msg) = internal_rx.recv() => sup.on_internal(msg),
             Some(sig) = sigs.next() => sup.on_signal(sig),
             Some(msg) = control_rx.recv() => sup.on_control(msg),
-            Some(reply) = ask_rx.recv() => { let _ = reply.send(sup.machine.snapshot(Instant::now())); }
+            Some(reply) = ask_rx.recv() => { let _ = reply.send(sup.snapshot(Instant::now())); }
             () = sleep => sup.on_timer(),
         }
         sup.pump(&mut sigs);
@@ -289,6 +296,9 @@ pub async fn run(opts: Options) -> i32 {
     if !sup.logs.drain(LOG_DRAIN).await {
         debug!("some output pipes were still open at exit");
     }
+    if !sup.logs.close_log_files(LOG_DRAIN) {
+        warn!("some log file lines were still being written at exit");
+    }
     info!(code, "supervisor exiting");
     code
 }
@@ -302,6 +312,15 @@ fn seed() -> u64 {
 }
 
 impl Supervisor {
+    /// The machine's snapshot with what only the runtime knows (log file losses).
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut snap = self.machine.snapshot(now);
+        for p in &mut snap.programs {
+            p.log_file_dropped_lines = self.logs.log_file_dropped(&p.name);
+        }
+        snap
+    }
+
     fn next_wake(&self) -> Option<Instant> {
         let probe = self.probes.values().map(|p| p.deadline).min();
         let waiter = self.waiters.iter().map(|w| w.deadline).min();
@@ -381,7 +400,7 @@ impl Supervisor {
         }
         let now = Instant::now();
         self.check_waiters(now);
-        let snap = self.machine.snapshot(now);
+        let snap = self.snapshot(now);
         self.snapshot_tx.send_if_modified(|old| {
             // Uptime changes every instant; publish only what watchers care about.
             let changed = old.healthy != snap.healthy
@@ -769,7 +788,7 @@ impl Supervisor {
         let answer = Answer::Now;
         match request {
             Request::Status => {
-                let snap = self.machine.snapshot(now);
+                let snap = self.snapshot(now);
                 answer(ok_reply(serde_json::json!({
                     "supervisor": {"pid": std::process::id(), "mode": format!("{:?}", self.mode).to_lowercase(), "http": self.http_addr},
                     "status": snap,

@@ -11,6 +11,7 @@ mod diag;
 mod duration;
 mod expand;
 mod graph;
+mod log_file;
 mod model;
 mod program;
 mod supervisor;
