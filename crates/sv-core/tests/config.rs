@@ -562,3 +562,31 @@ fn log_file_takes_supervisord_sizes_and_defaults_like_supervisord() {
     let b = c.programs[1].log_file.clone().expect("b has a log file");
     assert_eq!((b.max_bytes, b.backups), (1024 * 1024, 0));
 }
+
+#[test]
+fn a_scheduled_program_defaults_to_no_autostart_no_autorestart_not_critical() {
+    let c = ok(
+        "[program.sync]\ncommand = \"sync\"\nschedule = \"*/5 * * * *\"\n\
+                [program.poll]\ncommand = \"poll\"\nevery = \"10m\"\nrun_on_start = true\n\
+                overlap = \"queue\"\ncritical = true\nstartsecs = 2\n",
+    );
+    let poll = &c.programs[0];
+    let s = poll.schedule.clone().expect("scheduled");
+    assert_eq!(
+        s.trigger,
+        sv_core::schedule::Trigger::Every(Duration::from_secs(600))
+    );
+    assert!(s.run_on_start);
+    assert_eq!(s.overlap, sv_core::schedule::Overlap::Queue);
+    // Given keys win over the scheduled defaults.
+    assert!(poll.critical);
+    assert_eq!(poll.startsecs, Duration::from_secs(2));
+    let sync = &c.programs[1];
+    let s = sync.schedule.clone().expect("scheduled");
+    assert!(!s.run_on_start);
+    assert_eq!(s.overlap, sv_core::schedule::Overlap::Skip);
+    assert!(!sync.autostart);
+    assert_eq!(sync.autorestart, AutoRestart::Never);
+    assert!(!sync.critical);
+    assert_eq!(sync.startsecs, Duration::ZERO);
+}

@@ -582,3 +582,33 @@ fn log_file_errors_point_at_the_value() {
         "4:12: \"log_file\" needs output = \"capture\": with \"inherit\" the supervisor never sees the lines"
     );
 }
+
+#[test]
+fn schedule_errors_point_at_the_key_or_value() {
+    assert!(
+        program_error("schedule = \"61 * * * *\"")
+            .starts_with("3:12: \"schedule\" is not a valid cron pattern: "),
+    );
+    assert_eq!(
+        program_error("schedule = \"* * * * *\"\nevery = \"1m\""),
+        "4:9: give either \"schedule\" or \"every\", not both"
+    );
+    assert_eq!(
+        program_error("every = \"0s\""),
+        "3:9: \"every\" must be greater than zero"
+    );
+    assert_eq!(
+        program_error("run_on_start = true"),
+        "3:1: \"run_on_start\" needs \"schedule\" or \"every\""
+    );
+    assert_eq!(
+        program_error("every = \"1m\"\noverlap = \"allow\""),
+        "4:11: overlap = \"allow\" is not supported: a program runs one process at a time; \
+         use \"skip\" or \"queue\", or a second [program] with the same command"
+    );
+    assert_eq!(
+        program_error("every = \"1m\"\nautorestart = true"),
+        "4:1: \"autorestart\" does not apply to a scheduled program: runs are started by the \
+         schedule (or \"run_on_start\", or `start`), and a failed run waits for the next one"
+    );
+}

@@ -209,6 +209,20 @@ fn info(p: &Value) -> String {
     if let Some(why) = p["reason"].as_str().or(p["status_text"].as_str()) {
         parts.push(why.to_string());
     }
+    let s = &p["schedule"];
+    if s.is_object() {
+        if s["paused"] == true {
+            parts.push("schedule paused (start to resume)".into());
+        } else if let Some(next) = s["next_run"].as_str() {
+            parts.push(format!("next run {next}"));
+        }
+        if let Some(code) = s["last_exit_code"].as_i64() {
+            parts.push(format!(
+                "last run exit {code}; {} runs, {} failed, {} skipped",
+                s["runs"], s["failed_runs"], s["skipped_runs"]
+            ));
+        }
+    }
     if let Some(n) = p["log_file_dropped_lines"].as_u64().filter(|&n| n > 0) {
         parts.push(format!("log file dropped {n} lines"));
     }

@@ -261,7 +261,12 @@ pub async fn run(opts: Options) -> i32 {
         }
     }
 
-    sup.machine.start(Instant::now());
+    if opts.config.programs.iter().any(|p| p.schedule.is_some()) {
+        sup.machine.set_time_zone(schedule_time_zone());
+    }
+    let now = Instant::now();
+    sup.machine.set_wall_clock(now, jiff::Timestamp::now());
+    sup.machine.start(now);
     sup.pump(&mut sigs);
 
     while sup.exit.is_none() {
@@ -301,6 +306,22 @@ pub async fn run(opts: Options) -> i32 {
     }
     info!(code, "supervisor exiting");
     code
+}
+
+/// The zone cron schedules are evaluated in: `TZ` (as the platform sets it for connectors, e.g.
+/// `Europe/Berlin`, with or without a leading `:`), else the system's zone, else UTC.
+fn schedule_time_zone() -> jiff::tz::TimeZone {
+    use jiff::tz::TimeZone;
+    match std::env::var("TZ") {
+        Ok(name) if !name.trim().is_empty() => {
+            let name = name.trim().trim_start_matches(':');
+            TimeZone::get(name).unwrap_or_else(|e| {
+                warn!(tz = name, error = %e, "unknown TZ; cron schedules use UTC");
+                TimeZone::UTC
+            })
+        }
+        _ => TimeZone::try_system().unwrap_or(TimeZone::UTC),
+    }
 }
 
 /// A seed for backoff jitter: different per process so a fleet restarted together spreads out.
@@ -747,6 +768,7 @@ impl Supervisor {
             }
         }
         if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+            self.machine.set_wall_clock(now, jiff::Timestamp::now());
             self.machine.handle_timeout(now);
         }
     }
@@ -1067,6 +1089,9 @@ impl Supervisor {
                 reason,
             } => warn!(program = %self.name(program), pid, %reason, "unhealthy"),
             Event::Shutdown { reason } => info!(%reason, "shutting down"),
+            Event::Scheduled { program, what } => {
+                info!(program = %self.name(program), "{what}")
+            }
         }
     }
 }

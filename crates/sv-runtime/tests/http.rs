@@ -25,6 +25,7 @@ fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
         status_text: None,
         probe_failures: 0,
         log_file_dropped_lines: None,
+        schedule: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod graph;
 mod log_file;
 mod model;
 mod program;
+mod schedule;
 mod supervisor;
 mod value;
 

@@ -247,6 +247,8 @@ pub struct ProgramConfig {
     pub bridge_publish: Vec<String>,
     /// `log_file`: a size-rotated copy of the program's output. Default none.
     pub log_file: Option<LogFileConfig>,
+    /// `schedule` / `every` with `run_on_start` and `overlap`: a scheduled program. Default none.
+    pub schedule: Option<crate::schedule::ScheduleConfig>,
 }
 
 /// `log_file = { path, max_bytes, backups }`: the program's output lines (both streams, without
@@ -309,6 +311,7 @@ impl ProgramConfig {
             on_dependency_restart: OnDependencyRestart::Wait,
             bridge_publish: Vec::new(),
             log_file: None,
+            schedule: None,
         }
     }
 }

@@ -45,6 +45,10 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "on_dependency_restart",
     "bridge_publish",
     "log_file",
+    "schedule",
+    "every",
+    "run_on_start",
+    "overlap",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
@@ -324,6 +328,7 @@ pub(super) fn program(
     if let Some(f) = table.get("bridge_publish") {
         p.bridge_publish = bridge_publish(&f, sink);
     }
+    super::schedule::schedule(&table, &mut p, sink);
     if let Some(f) = table.get("log_file") {
         p.log_file = super::log_file::log_file(&table, &f, p.output, sink);
     }
