@@ -614,6 +614,7 @@ impl Machine {
                     reason: reason.clone(),
                 });
                 self.after_exit(now, program, None, code, false, Some(reason));
+                self.schedule_run_ended(now, program, code, false);
             }
             Input::Exited { pid, status } => {
                 if let Some(i) = self.progs.iter().position(|p| p.pid == Some(pid)) {

@@ -589,4 +589,5 @@ fn a_scheduled_program_defaults_to_no_autostart_no_autorestart_not_critical() {
     assert_eq!(sync.autorestart, AutoRestart::Never);
     assert!(!sync.critical);
     assert_eq!(sync.startsecs, Duration::ZERO);
+    assert_eq!(sync.startretries, 0);
 }

@@ -1046,3 +1046,20 @@ fn no_scheduled_run_starts_during_a_shutdown() {
     w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
     assert!(w.spawns.iter().all(|(_, n)| n != "job"), "{:?}", w.spawns);
 }
+
+#[test]
+fn a_run_that_cannot_be_spawned_is_a_failed_run_and_the_next_one_still_comes() {
+    let mut job = every("job", 10, true, Overlap::Skip);
+    job.startretries = 0;
+    let mut w = World::new(config(vec![prog("web"), job]));
+    w.spawn_fail.insert("job".into());
+    w.boot();
+    // The spawn at start failed: FATAL, counted, and the supervisor keeps going.
+    assert_eq!(w.state("job"), State::Fatal);
+    assert_eq!(w.schedule_status("job").failed_runs, 1);
+    w.run_until(Duration::from_secs(60), |w| {
+        w.schedule_status("job").failed_runs == 3
+    });
+    assert_eq!((w.now - w.start).as_secs(), 20);
+    assert!(w.exit_code.is_none());
+}

@@ -3,7 +3,8 @@
 //! A scheduled program runs when its time comes, not at start-up, so its defaults differ:
 //! `autostart` is off (a run is started by the schedule, `run_on_start`, or `start NAME`),
 //! `autorestart` is `false` (a failed run is not retried at once: the next run is the retry),
-//! `startsecs` is 0 (a run that ends quickly is a run, not a failed start) and `critical` is
+//! `startsecs` is 0 (a run that ends quickly is a run, not a failed start), `startretries` is 0
+//! (a run that cannot be spawned is a failed run, not a series of retries) and `critical` is
 //! `false`. `autostart` and `autorestart` cannot be set on a scheduled program; `startsecs` and
 //! `critical` can.
 
@@ -78,6 +79,9 @@ pub(super) fn schedule(table: &Table<'_, '_>, p: &mut ProgramConfig, sink: &mut 
     p.autorestart = AutoRestart::Never;
     if table.get("startsecs").is_none() {
         p.startsecs = std::time::Duration::ZERO;
+    }
+    if table.get("startretries").is_none() {
+        p.startretries = 0;
     }
     if table.get("critical").is_none() {
         p.critical = false;
