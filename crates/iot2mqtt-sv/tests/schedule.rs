@@ -15,7 +15,8 @@ fn job(sv_dir: &std::path::Path, keys: &str, extra: &[&str]) -> String {
     let mut args = vec!["--append", runs.as_str(), "run"];
     args.extend_from_slice(extra);
     format!(
-        "[program.web]\ncommand = {}\n\n[program.job]\ncommand = {}\n{keys}\n",
+        "[supervisor.http]\nlisten = \"127.0.0.1:0\"\n\n\
+         [program.web]\ncommand = {}\n\n[program.job]\ncommand = {}\n{keys}\n",
         child_cmd(&[]),
         child_cmd(&args)
     )
@@ -77,6 +78,22 @@ fn every_runs_again_and_again_and_counts_failed_exit_codes() {
     let text = sv.cli(&["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("last run exit 3"), "{text}");
+    let addr = sv.status_json()["supervisor"]["http"]
+        .as_str()
+        .expect("http address")
+        .to_string();
+    let metrics = common::http(&addr, "GET", "/metrics").body;
+    let failed = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("iot2mqtt_sv_program_scheduled_failed_runs_total{program=\"job\"} ")
+        })
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(failed.is_some_and(|n| n >= 3), "{metrics}");
+    assert!(
+        !metrics.contains("scheduled_runs_total{program=\"web\"}"),
+        "{metrics}"
+    );
 }
 
 #[test]
