@@ -154,6 +154,9 @@ fn family(
 /// - `iot2mqtt_sv_program_last_exit_code{program}`: only once the program has exited;
 /// - `iot2mqtt_sv_program_ready{program}`: 1 or 0;
 /// - `iot2mqtt_sv_program_probe_failures_total{program}`;
+/// - `iot2mqtt_sv_program_log_file_dropped_lines_total{program}`: only programs with a `log_file`;
+/// - `iot2mqtt_sv_program_scheduled_runs_total`, `…_failed_runs_total`, `…_skipped_runs_total`
+///   `{program}`: only scheduled programs;
 /// - `iot2mqtt_sv_healthy`: 1 or 0.
 pub fn metrics_text(snap: &Snapshot) -> String {
     let mut out = String::new();
@@ -220,6 +223,37 @@ pub fn metrics_text(snap: &Snapshot) -> String {
         "counter",
         "Liveness probe and watchdog failures of each program since the supervisor started.",
         &per_program(&|p| Some(p.probe_failures.to_string())),
+    );
+    family(
+        &mut out,
+        "iot2mqtt_sv_program_log_file_dropped_lines_total",
+        "counter",
+        "Output lines not written to the program's log_file (slow or failing file; stdout has them).",
+        &per_program(&|p| p.log_file_dropped_lines.map(|n| n.to_string())),
+    );
+    let scheduled = |f: &dyn Fn(&crate::schedule::ScheduleStatus) -> String| {
+        per_program(&|p| p.schedule.as_ref().map(f))
+    };
+    family(
+        &mut out,
+        "iot2mqtt_sv_program_scheduled_runs_total",
+        "counter",
+        "Runs of a scheduled program that ended.",
+        &scheduled(&|s| s.runs.to_string()),
+    );
+    family(
+        &mut out,
+        "iot2mqtt_sv_program_scheduled_failed_runs_total",
+        "counter",
+        "Runs of a scheduled program that ended with an exit code not in exitcodes.",
+        &scheduled(&|s| s.failed_runs.to_string()),
+    );
+    family(
+        &mut out,
+        "iot2mqtt_sv_program_scheduled_skipped_runs_total",
+        "counter",
+        "Due runs of a scheduled program skipped because the previous run was still going.",
+        &scheduled(&|s| s.skipped_runs.to_string()),
     );
     family(
         &mut out,
@@ -465,6 +499,8 @@ mod tests {
             reason: None,
             status_text: None,
             probe_failures: 1,
+            log_file_dropped_lines: None,
+            schedule: None,
         }
     }
 

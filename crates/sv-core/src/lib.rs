@@ -17,4 +17,5 @@ pub mod config;
 pub mod health;
 pub mod machine;
 pub mod notify;
+pub mod schedule;
 pub mod signal;

@@ -14,6 +14,8 @@
 //!   dependencies, higher `priority` before lower) and always ends by `shutdown_timeout`;
 //! - the machine emits [`Action::Exit`] exactly once, and only after every program has exited.
 
+mod sched;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -232,6 +234,8 @@ pub enum Event {
     },
     /// Shutdown started (`reason`), or was escalated.
     Shutdown { reason: String },
+    /// A scheduled program's run came due: started, skipped or queued (`what`).
+    Scheduled { program: ProgramId, what: String },
 }
 
 /// One program as `status` shows it. Serialised as the control protocol's status object.
@@ -263,6 +267,13 @@ pub struct ProgramStatus {
     pub status_text: Option<String>,
     /// Liveness probe and watchdog failures since start.
     pub probe_failures: u64,
+    /// A scheduled program's next run and run history; absent for other programs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::schedule::ScheduleStatus>,
+    /// Lines its `log_file` dropped (slow or failing file); absent without a `log_file`. Filled
+    /// in by the runtime, which owns the file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_file_dropped_lines: Option<u64>,
 }
 
 /// The whole supervisor as `status` and `health` see it.
@@ -417,6 +428,12 @@ pub struct Machine {
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
     rng: u64,
+    /// Per program: its schedule, if scheduled (see `sched.rs`).
+    sched: Vec<Option<crate::schedule::Sched>>,
+    /// The last wall-clock reading and the instant it was taken at.
+    clock: Option<(Instant, jiff::Timestamp)>,
+    /// Where cron schedules are evaluated.
+    tz: jiff::tz::TimeZone,
 }
 
 impl Machine {
@@ -467,6 +484,9 @@ impl Machine {
             level[i] = if same { cur } else { cur + 1 };
         }
         Machine {
+            sched: sched::schedules(&cfg),
+            clock: None,
+            tz: jiff::tz::TimeZone::UTC,
             progs: cfg.iter().map(|p| Prog::new(p.autostart)).collect(),
             cfg,
             order,
@@ -485,6 +505,7 @@ impl Machine {
     /// Starts every `autostart` program whose dependencies allow it.
     pub fn start(&mut self, now: Instant) {
         self.try_start_all(now);
+        self.schedule_start(now);
     }
 
     /// The program's config.
@@ -562,6 +583,7 @@ impl Machine {
             });
             consider(p.watchdog_deadline);
         }
+        consider(self.next_schedule_due());
         match self.phase {
             Phase::Stopping {
                 programs_deadline,
@@ -606,6 +628,7 @@ impl Machine {
                     reason: reason.clone(),
                 });
                 self.after_exit(now, program, None, code, false, Some(reason));
+                self.schedule_run_ended(now, program, code, false);
             }
             Input::Exited { pid, status } => {
                 if let Some(i) = self.progs.iter().position(|p| p.pid == Some(pid)) {
@@ -674,11 +697,15 @@ impl Machine {
                 result,
             } => self.on_probe(now, program, pid, kind, result),
             Input::ShutdownRequested => self.request_shutdown(now, 0, "shutdown requested".into()),
-            Input::StartRequested(id) => self.on_start_requested(now, id),
+            Input::StartRequested(id) => {
+                self.on_start_requested(now, id);
+                self.schedule_resumed(now, id);
+            }
             Input::StopRequested(id) => {
                 if self.phase != Phase::Running {
                     return;
                 }
+                self.schedule_paused(id);
                 let p = &mut self.progs[id.0];
                 p.want_running = false;
                 if p.live() {
@@ -710,6 +737,7 @@ impl Machine {
 
     /// Processes every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.fire_schedules(now);
         for i in 0..self.progs.len() {
             let id = ProgramId(i);
             let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
@@ -875,6 +903,8 @@ impl Machine {
                     reason: p.reason.clone(),
                     status_text: p.status_text.clone(),
                     probe_failures: p.probe_failures,
+                    schedule: self.schedule_status(id),
+                    log_file_dropped_lines: None,
                 }
             })
             .collect();
@@ -1201,6 +1231,7 @@ impl Machine {
             self.dependency_left(now, id);
         }
         self.after_exit(now, id, Some(status), status.code(), expected, None);
+        self.schedule_run_ended(now, id, status.code(), expected);
     }
 
     /// Decides what follows the end of a process (or a failed spawn, with `status` None).

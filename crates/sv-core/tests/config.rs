@@ -79,6 +79,7 @@ fn a_program_with_only_a_command_gets_every_default() {
     assert!(p.depends_on.is_empty());
     assert_eq!(p.on_dependency_restart, OnDependencyRestart::Wait);
     assert!(p.bridge_publish.is_empty());
+    assert_eq!(p.log_file, None);
 }
 
 #[test]
@@ -553,4 +554,47 @@ fn duration_forms() {
         ));
         assert_eq!(config.programs[0].stopwaitsecs, expected, "{text}");
     }
+}
+
+#[test]
+fn log_file_takes_supervisord_sizes_and_defaults_like_supervisord() {
+    let c = ok(
+        "[program.a]\ncommand = \"a\"\nlog_file = \"/var/log/a.log\"\n\
+         [program.b]\ncommand = \"b\"\nlog_file = { path = \"/var/log/b.log\", max_bytes = \"1MB\", backups = 0 }\n",
+    );
+    let a = c.programs[0].log_file.clone().expect("a has a log file");
+    assert_eq!(a.path, std::path::Path::new("/var/log/a.log"));
+    // supervisord: stdout_logfile_maxbytes=50MB, stdout_logfile_backups=10.
+    assert_eq!((a.max_bytes, a.backups), (50 * 1024 * 1024, 10));
+    let b = c.programs[1].log_file.clone().expect("b has a log file");
+    assert_eq!((b.max_bytes, b.backups), (1024 * 1024, 0));
+}
+
+#[test]
+fn a_scheduled_program_defaults_to_no_autostart_no_autorestart_not_critical() {
+    let c = ok(
+        "[program.sync]\ncommand = \"sync\"\nschedule = \"*/5 * * * *\"\n\
+                [program.poll]\ncommand = \"poll\"\nevery = \"10m\"\nrun_on_start = true\n\
+                overlap = \"queue\"\ncritical = true\nstartsecs = 2\n",
+    );
+    let poll = &c.programs[0];
+    let s = poll.schedule.clone().expect("scheduled");
+    assert_eq!(
+        s.trigger,
+        sv_core::schedule::Trigger::Every(Duration::from_secs(600))
+    );
+    assert!(s.run_on_start);
+    assert_eq!(s.overlap, sv_core::schedule::Overlap::Queue);
+    // Given keys win over the scheduled defaults.
+    assert!(poll.critical);
+    assert_eq!(poll.startsecs, Duration::from_secs(2));
+    let sync = &c.programs[1];
+    let s = sync.schedule.clone().expect("scheduled");
+    assert!(!s.run_on_start);
+    assert_eq!(s.overlap, sv_core::schedule::Overlap::Skip);
+    assert!(!sync.autostart);
+    assert_eq!(sync.autorestart, AutoRestart::Never);
+    assert!(!sync.critical);
+    assert_eq!(sync.startsecs, Duration::ZERO);
+    assert_eq!(sync.startretries, 0);
 }

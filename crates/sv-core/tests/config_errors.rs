@@ -78,8 +78,8 @@ fn unknown_keys_suggest_the_nearest_known_key() {
     );
     assert_eq!(
         program_error("stdout_logfile = \"/dev/stdout\""),
-        "3:1: unknown key \"stdout_logfile\" in [program.web]: supervisord's log files have no equivalent: \
-         output is captured and written to the supervisor's stdout (see \"output\" and \"redirect_stderr\")"
+        "3:1: unknown key \"stdout_logfile\" in [program.web]: output always goes to the supervisor's stdout; \
+         a copy in a rotated file is log_file = { path, max_bytes, backups } (one file for both streams)"
     );
     assert_eq!(
         program_error("numprocs = 2"),
@@ -556,5 +556,59 @@ fn columns_count_characters_not_bytes() {
         [
             "3:23: environment \"É\": environment variable \"UNSET\" is not set (write \"${UNSET:-default}\" to give a default)"
         ]
+    );
+}
+
+#[test]
+fn log_file_errors_point_at_the_value() {
+    assert_eq!(
+        program_error("log_file = { path = \"web.log\" }"),
+        "3:21: \"log_file\" path must be absolute, found \"web.log\""
+    );
+    assert_eq!(
+        program_error("log_file = { path = \"/l\", max_bytes = \"5 parsecs\" }"),
+        "3:39: \"max_bytes\" must be a size such as 1048576, \"512KB\" or \"50MB\", found \"5 parsecs\""
+    );
+    assert_eq!(
+        program_error("log_file = { path = \"/l\", backups = -1 }"),
+        "3:37: \"backups\" must be between 0 and 1000, found -1"
+    );
+    assert_eq!(
+        program_error("log_file = { max_bytes = 10 }"),
+        "3:12: missing key \"path\" in [program.web.log_file]"
+    );
+    assert_eq!(
+        program_error("output = \"inherit\"\nlog_file = \"/var/log/web.log\""),
+        "4:12: \"log_file\" needs output = \"capture\": with \"inherit\" the supervisor never sees the lines"
+    );
+}
+
+#[test]
+fn schedule_errors_point_at_the_key_or_value() {
+    assert!(
+        program_error("schedule = \"61 * * * *\"")
+            .starts_with("3:12: \"schedule\" is not a valid cron pattern: "),
+    );
+    assert_eq!(
+        program_error("schedule = \"* * * * *\"\nevery = \"1m\""),
+        "4:9: give either \"schedule\" or \"every\", not both"
+    );
+    assert_eq!(
+        program_error("every = \"0s\""),
+        "3:9: \"every\" must be greater than zero"
+    );
+    assert_eq!(
+        program_error("run_on_start = true"),
+        "3:1: \"run_on_start\" needs \"schedule\" or \"every\""
+    );
+    assert_eq!(
+        program_error("every = \"1m\"\noverlap = \"allow\""),
+        "4:11: overlap = \"allow\" is not supported: a program runs one process at a time; \
+         use \"skip\" or \"queue\", or a second [program] with the same command"
+    );
+    assert_eq!(
+        program_error("every = \"1m\"\nautorestart = true"),
+        "4:1: \"autorestart\" does not apply to a scheduled program: runs are started by the \
+         schedule (or \"run_on_start\", or `start`), and a failed run waits for the next one"
     );
 }

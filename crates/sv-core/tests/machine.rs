@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use sv_core::config::*;
 use sv_core::machine::*;
+use sv_core::schedule::Overlap;
 use sv_core::signal::Signal;
 
 fn prog(name: &str) -> ProgramConfig {
@@ -899,4 +900,226 @@ fn a_mainpid_daemon_that_leads_no_group_is_signalled_as_a_process() {
             })
         );
     }
+}
+
+fn scheduled(name: &str, trigger: sv_core::schedule::Trigger) -> ProgramConfig {
+    let mut p = prog(name);
+    p.autostart = false;
+    p.autorestart = AutoRestart::Never;
+    p.startsecs = Duration::ZERO;
+    p.critical = false;
+    p.schedule = Some(sv_core::schedule::ScheduleConfig {
+        trigger,
+        run_on_start: false,
+        overlap: sv_core::schedule::Overlap::Skip,
+    });
+    p
+}
+
+fn every(
+    name: &str,
+    secs: u64,
+    run_on_start: bool,
+    overlap: sv_core::schedule::Overlap,
+) -> ProgramConfig {
+    let mut p = scheduled(
+        name,
+        sv_core::schedule::Trigger::Every(Duration::from_secs(secs)),
+    );
+    if let Some(s) = p.schedule.as_mut() {
+        s.run_on_start = run_on_start;
+        s.overlap = overlap;
+    }
+    p
+}
+
+/// A world whose `job` runs last `secs` and exit with `code` (not booted yet).
+fn job_world(cfg: Config, secs: u64, code: i32) -> World {
+    let mut w = World::new(cfg);
+    w.crash.insert(
+        "job".into(),
+        (Duration::from_secs(secs), ExitStatus::Code(code)),
+    );
+    w
+}
+
+impl World {
+    /// Seconds since boot of each spawn of `name`.
+    fn spawn_secs(&self, name: &str) -> Vec<u64> {
+        self.spawns
+            .iter()
+            .filter(|(_, n)| n == name)
+            .map(|(t, _)| (*t - self.start).as_secs())
+            .collect()
+    }
+
+    fn schedule_status(&self, name: &str) -> sv_core::schedule::ScheduleStatus {
+        let snap = self.m.snapshot(self.now);
+        let p = snap.programs.iter().find(|p| p.name == name).unwrap();
+        p.schedule.clone().expect("a scheduled program")
+    }
+}
+
+#[test]
+fn every_runs_on_start_and_then_on_the_interval() {
+    let mut w = job_world(config(vec![every("job", 10, true, Overlap::Skip)]), 1, 0);
+    w.boot();
+    w.run_until(Duration::from_secs(60), |w| w.spawns.len() == 4);
+    assert_eq!(w.spawn_secs("job"), [0, 10, 20, 30]);
+    w.run_until(Duration::from_secs(60), |w| w.exits.len() == 4);
+    let s = w.schedule_status("job");
+    assert_eq!((s.runs, s.failed_runs, s.skipped_runs), (4, 0, 0));
+    assert_eq!(s.last_exit_code, Some(0));
+    assert_eq!(w.state("job"), State::Exited);
+    // Between runs the machine's only deadline is the next run.
+    assert_eq!(
+        w.m.poll_timeout().map(|t| (t - w.start).as_secs()),
+        Some(40)
+    );
+}
+
+#[test]
+fn without_run_on_start_the_first_run_waits_one_interval() {
+    let mut w = job_world(config(vec![every("job", 10, false, Overlap::Skip)]), 1, 0);
+    w.boot();
+    assert!(w.spawns.is_empty());
+    w.run_until(Duration::from_secs(60), |w| !w.spawns.is_empty());
+    assert_eq!(w.spawn_secs("job"), [10]);
+}
+
+#[test]
+fn overlap_skip_skips_runs_due_while_one_is_going() {
+    let mut w = job_world(config(vec![every("job", 10, true, Overlap::Skip)]), 25, 0);
+    w.boot();
+    w.run_until(Duration::from_secs(60), |w| w.spawns.len() == 2);
+    // Due at 10 and 20 while the first run (0–25) was going: skipped; 30 runs.
+    assert_eq!(w.spawn_secs("job"), [0, 30]);
+    assert_eq!(w.schedule_status("job").skipped_runs, 2);
+}
+
+#[test]
+fn overlap_queue_runs_once_right_after_the_current_run() {
+    let mut w = job_world(config(vec![every("job", 10, true, Overlap::Queue)]), 25, 0);
+    w.boot();
+    w.run_until(Duration::from_secs(60), |w| w.spawns.len() == 2);
+    // Due at 10 (queued) and 20 (one is already queued: skipped); the queued run starts at 25.
+    assert_eq!(w.spawn_secs("job"), [0, 25]);
+    assert_eq!(w.schedule_status("job").skipped_runs, 1);
+}
+
+#[test]
+fn a_failed_run_is_counted_and_not_restarted_until_the_next_run() {
+    let mut w = job_world(
+        config(vec![prog("web"), every("job", 10, true, Overlap::Skip)]),
+        1,
+        3,
+    );
+    w.boot();
+    w.run_until(Duration::from_secs(60), |w| w.exits.len() == 2);
+    assert_eq!(w.spawn_secs("job"), [0, 10]);
+    let s = w.schedule_status("job");
+    assert_eq!(
+        (s.runs, s.failed_runs, s.last_exit_code, s.last_ok),
+        (2, 2, Some(3), Some(false))
+    );
+    // Not critical by default: the supervisor keeps running and stays healthy.
+    assert!(w.exit_code.is_none());
+    assert_eq!(w.state("web"), State::Running);
+    assert!(w.m.snapshot(w.now).healthy);
+}
+
+#[test]
+fn stop_pauses_the_schedule_and_start_runs_now_and_resumes_it() {
+    let mut w = job_world(
+        config(vec![prog("web"), every("job", 10, false, Overlap::Skip)]),
+        1,
+        0,
+    );
+    w.boot();
+    let job = w.id("job");
+    w.input(Input::StopRequested(job));
+    assert!(w.schedule_status("job").paused);
+    assert_eq!(w.schedule_status("job").next_run, None);
+    // Nothing is due any more (web's startsecs passed), so nothing runs.
+    w.run_until(Duration::from_secs(60), |w| w.m.poll_timeout().is_none());
+    assert!(w.spawns.iter().all(|(_, n)| n != "job"));
+    let resumed = (w.now - w.start).as_secs();
+    w.input(Input::StartRequested(job));
+    w.run_until(Duration::from_secs(120), |w| {
+        w.spawns.iter().filter(|(_, n)| n == "job").count() == 2
+    });
+    assert_eq!(w.spawn_secs("job"), [resumed, resumed + 10]);
+}
+
+#[test]
+fn cron_runs_follow_local_time_across_dst_in_berlin() {
+    use sv_core::schedule::{CronPattern, Trigger};
+    let cron = Trigger::Cron(CronPattern::parse("30 2 * * *").unwrap());
+    let mut w = job_world(config(vec![scheduled("job", cron)]), 1, 0);
+    w.m.set_time_zone(jiff::tz::TimeZone::get("Europe/Berlin").unwrap());
+    // Noon UTC the day before DST starts (2026-03-29, 02:00 CET → 03:00 CEST).
+    let wall: jiff::Timestamp = "2026-03-28T12:00:00Z".parse().unwrap();
+    w.m.set_wall_clock(w.now, wall);
+    w.boot();
+    // 02:30 does not exist that night: the run is at 03:30 CEST = 01:30 UTC, 13.5 h later.
+    assert_eq!(
+        w.schedule_status("job").next_run.as_deref(),
+        Some("2026-03-29T03:30:00+02:00")
+    );
+    w.run_until(Duration::from_secs(3 * 86400), |w| w.spawns.len() == 2);
+    let h = |s: u64| s as f64 / 3600.0;
+    let secs = w.spawn_secs("job");
+    assert_eq!(h(secs[0]), 13.5);
+    // The next night 02:30 CEST exists: 00:30 UTC, 23 h after the first run.
+    assert_eq!(h(secs[1] - secs[0]), 23.0);
+}
+
+#[test]
+fn cron_runs_once_in_the_hour_repeated_when_dst_ends() {
+    use sv_core::schedule::{CronPattern, Trigger};
+    let cron = Trigger::Cron(CronPattern::parse("30 2 * * *").unwrap());
+    let mut w = job_world(config(vec![scheduled("job", cron)]), 1, 0);
+    w.m.set_time_zone(jiff::tz::TimeZone::get("Europe/Berlin").unwrap());
+    // 2026-10-25: 03:00 CEST → 02:00 CET, so 02:30 happens at 00:30 and 01:30 UTC.
+    let wall: jiff::Timestamp = "2026-10-24T12:00:00Z".parse().unwrap();
+    w.m.set_wall_clock(w.now, wall);
+    w.boot();
+    w.run_until(Duration::from_secs(3 * 86400), |w| w.spawns.len() == 2);
+    let secs = w.spawn_secs("job");
+    assert_eq!(secs[0], 12 * 3600 + 1800);
+    // Not again an hour later: the next run is 02:30 CET the next day, 25 h later.
+    assert_eq!(secs[1] - secs[0], 25 * 3600);
+}
+
+#[test]
+fn no_scheduled_run_starts_during_a_shutdown() {
+    let mut w = World::new(config(vec![
+        prog("web"),
+        every("job", 10, false, Overlap::Skip),
+    ]));
+    w.on_term
+        .insert("web".into(), OnTerm::ExitAfter(Duration::from_secs(7)));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| w.state("web") == State::Running);
+    w.now += Duration::from_secs(5);
+    w.input(Input::ShutdownRequested);
+    w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
+    assert!(w.spawns.iter().all(|(_, n)| n != "job"), "{:?}", w.spawns);
+}
+
+#[test]
+fn a_run_that_cannot_be_spawned_is_a_failed_run_and_the_next_one_still_comes() {
+    let mut job = every("job", 10, true, Overlap::Skip);
+    job.startretries = 0;
+    let mut w = World::new(config(vec![prog("web"), job]));
+    w.spawn_fail.insert("job".into());
+    w.boot();
+    // The spawn at start failed: FATAL, counted, and the supervisor keeps going.
+    assert_eq!(w.state("job"), State::Fatal);
+    assert_eq!(w.schedule_status("job").failed_runs, 1);
+    w.run_until(Duration::from_secs(60), |w| {
+        w.schedule_status("job").failed_runs == 3
+    });
+    assert_eq!((w.now - w.start).as_secs(), 20);
+    assert!(w.exit_code.is_none());
 }

@@ -1218,10 +1218,13 @@ fn output_notes(
                 ),
                 (None, _) => note(
                     e,
-                    "logging to a file is not supported: output is captured and written to the \
-                     container output, prefixed with the program name (`iot2mqtt-sv logs` shows \
-                     recent lines); let Docker's logging driver keep and rotate it"
-                        .into(),
+                    format!(
+                        "not imported: output is captured and written to the container output, \
+                         prefixed with the program name (`iot2mqtt-sv logs` shows recent lines); \
+                         for a copy in a size-rotated file add log_file = {{ path = {:?} }} to the \
+                         program (one file for both streams)",
+                        e.value
+                    ),
                 ),
             }
         }
@@ -1232,8 +1235,8 @@ fn output_notes(
             {
                 note(
                     e,
-                    "no log rotation here: output goes to the container output, which Docker's \
-                     logging driver rotates"
+                    "not imported: output goes to the container output, which Docker's logging \
+                     driver rotates; a log_file has its own max_bytes and backups"
                         .into(),
                 );
             }

@@ -182,11 +182,7 @@ pub fn status(
                 .as_f64()
                 .map_or("-".into(), |c| format!("{c:.1}")),
             p["rss_bytes"].as_u64().map_or("-".into(), human_bytes),
-            p["reason"]
-                .as_str()
-                .or(p["status_text"].as_str())
-                .unwrap_or("")
-                .to_string(),
+            info(p),
         ]);
     }
     write_table(out, &rows)?;
@@ -213,6 +209,33 @@ pub fn status(
         )?;
     }
     Ok(0)
+}
+
+/// The INFO column: why the program is in its state (or its sd_notify status), then what else
+/// needs attention.
+fn info(p: &Value) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(why) = p["reason"].as_str().or(p["status_text"].as_str()) {
+        parts.push(why.to_string());
+    }
+    let s = &p["schedule"];
+    if s.is_object() {
+        if s["paused"] == true {
+            parts.push("schedule paused (start to resume)".into());
+        } else if let Some(next) = s["next_run"].as_str() {
+            parts.push(format!("next run {next}"));
+        }
+        if let Some(code) = s["last_exit_code"].as_i64() {
+            parts.push(format!(
+                "last run exit {code}; {} runs, {} failed, {} skipped",
+                s["runs"], s["failed_runs"], s["skipped_runs"]
+            ));
+        }
+    }
+    if let Some(n) = p["log_file_dropped_lines"].as_u64().filter(|&n| n > 0) {
+        parts.push(format!("log file dropped {n} lines"));
+    }
+    parts.join("; ")
 }
 
 fn write_table(out: &mut dyn Write, rows: &[Vec<String>]) -> io::Result<()> {

@@ -5,6 +5,7 @@ pub mod client;
 pub mod control;
 pub mod http;
 pub mod limit;
+mod log_file;
 pub mod logs;
 pub mod notify;
 pub mod probe;

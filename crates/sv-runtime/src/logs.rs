@@ -60,6 +60,8 @@ use sv_core::config::LogFormat;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::log_file::LogFileSink;
+
 /// Which of a program's output streams a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
@@ -263,7 +265,7 @@ impl Write for OwnLogWriter {
 }
 
 /// The lines of one read of one pipe: their text, once, and where each line is in it.
-struct Batch {
+pub(crate) struct Batch {
     /// When the read returned (every line of it was read at that moment).
     ts: jiff::Timestamp,
     program: Arc<str>,
@@ -286,7 +288,13 @@ impl Batch {
         }
     }
 
-    fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, bool)> + ExactSizeIterator {
+    /// Lines (and pieces) in the batch.
+    pub(crate) fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Each line (or piece) and whether it is a partial piece, in order.
+    pub(crate) fn iter(&self) -> impl DoubleEndedIterator<Item = (&str, bool)> + ExactSizeIterator {
         self.lines
             .iter()
             .map(|&(a, b, partial)| (&self.text[a..b], partial))
@@ -369,6 +377,8 @@ struct ProgramLog {
     /// Created by the first follower and dropped once none is left: its 1024 slots cost
     /// ~90 KB per program, which an unfollowed program (the normal case) should not pay.
     follow: Option<broadcast::Sender<LogLine>>,
+    /// The program's `log_file`, when configured.
+    file: Option<LogFileSink>,
 }
 
 struct Inner {
@@ -586,6 +596,7 @@ impl ProgramLog {
             ring: VecDeque::new(),
             ring_count: 0,
             follow: None,
+            file: None,
         }
     }
 }
@@ -694,6 +705,10 @@ impl Reader {
                         }
                     }
                 }
+                // Never waits: see `log_file`.
+                if let Some(file) = &p.file {
+                    file.offer(&batch);
+                }
             }
         }
         // Waiting here is the backpressure: see the module doc. An error means the writer is
@@ -703,6 +718,60 @@ impl Reader {
             .tx
             .send(Msg::Lines(batch, self.inner.format))
             .await;
+    }
+}
+
+/// `log_file` (see [`crate::log_file`]).
+impl LogHub {
+    /// Also writes `program`'s lines to the file `cfg` describes, from now on.
+    pub fn add_log_file(
+        &self,
+        program: &str,
+        cfg: &sv_core::config::LogFileConfig,
+    ) -> io::Result<()> {
+        let name = self.register(program);
+        let sink = LogFileSink::start(name.clone(), cfg)?;
+        let mut programs = self.files_lock();
+        if let Some(p) = programs.get_mut(&name) {
+            p.file = Some(sink);
+        }
+        Ok(())
+    }
+
+    /// Lines of `program` its log file dropped; `None` when it has none.
+    pub fn log_file_dropped(&self, program: &str) -> Option<u64> {
+        let programs = self.files_lock();
+        programs
+            .get(program)?
+            .file
+            .as_ref()
+            .map(LogFileSink::dropped)
+    }
+
+    fn files_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, ProgramLog>> {
+        self.inner
+            .programs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes every log file, waiting at most `grace` for queued lines to be written (at exit,
+    /// after [`LogHub::drain`]). Returns whether all were written.
+    pub fn close_log_files(&self, grace: Duration) -> bool {
+        let deadline = std::time::Instant::now() + grace;
+        let mut sinks: Vec<LogFileSink> = {
+            let mut programs = self.files_lock();
+            programs
+                .values_mut()
+                .filter_map(|p| p.file.take())
+                .collect()
+        };
+        // Every sink is closed, even after one timed out.
+        let mut all = true;
+        for s in &mut sinks {
+            all &= s.close(deadline);
+        }
+        all
     }
 }
 

@@ -259,8 +259,20 @@ pub async fn run(opts: Options) -> i32 {
         users: spawn::resolve_users(&opts.config.programs),
     };
     sup.bind_notify_sockets(&rundir, &opts.config.programs, stop_rx.clone());
+    for p in &opts.config.programs {
+        if let Some(file) = &p.log_file {
+            if let Err(e) = sup.logs.add_log_file(&p.name, file) {
+                error!(program = %p.name, error = %e, "cannot start the log file writer; output goes to stdout only");
+            }
+        }
+    }
 
-    sup.machine.start(Instant::now());
+    if opts.config.programs.iter().any(|p| p.schedule.is_some()) {
+        sup.machine.set_time_zone(schedule_time_zone());
+    }
+    let now = Instant::now();
+    sup.machine.set_wall_clock(now, jiff::Timestamp::now());
+    sup.machine.start(now);
     sup.pump(&mut sigs);
 
     while sup.exit.is_none() {
@@ -278,7 +290,7 @@ pub async fn run(opts: Options) -> i32 {
             Some(msg) = internal_rx.recv() => sup.on_internal(msg),
             Some(sig) = sigs.next() => sup.on_signal(sig),
             Some(msg) = control_rx.recv() => sup.on_control(msg),
-            Some(reply) = ask_rx.recv() => { let _ = reply.send(sup.machine.snapshot(Instant::now())); }
+            Some(reply) = ask_rx.recv() => { let _ = reply.send(sup.snapshot(Instant::now())); }
             () = sleep => sup.on_timer(),
         }
         sup.pump(&mut sigs);
@@ -294,6 +306,9 @@ pub async fn run(opts: Options) -> i32 {
     }
     if !sup.logs.wait_readers(LOG_DRAIN).await {
         debug!("some output pipes were still open at exit, or the output is stalled");
+    }
+    if !sup.logs.close_log_files(LOG_DRAIN) {
+        warn!("some log file lines were still being written at exit");
     }
     info!(code, "supervisor exiting");
     // One bounded flush for the programs' last lines and this one: with the output stalled the
@@ -330,6 +345,22 @@ fn log_ready_hook(re: regex::Regex, id: ProgramId, tx: mpsc::Sender<Internal>) -
     })
 }
 
+/// The zone cron schedules are evaluated in: `TZ` (as the platform sets it for connectors, e.g.
+/// `Europe/Berlin`, with or without a leading `:`), else the system's zone, else UTC.
+fn schedule_time_zone() -> jiff::tz::TimeZone {
+    use jiff::tz::TimeZone;
+    match std::env::var("TZ") {
+        Ok(name) if !name.trim().is_empty() => {
+            let name = name.trim().trim_start_matches(':');
+            TimeZone::get(name).unwrap_or_else(|e| {
+                warn!(tz = name, error = %e, "unknown TZ; cron schedules use UTC");
+                TimeZone::UTC
+            })
+        }
+        _ => TimeZone::try_system().unwrap_or(TimeZone::UTC),
+    }
+}
+
 /// A seed for backoff jitter: different per process so a fleet restarted together spreads out.
 fn seed() -> u64 {
     let t = std::time::SystemTime::now()
@@ -339,6 +370,15 @@ fn seed() -> u64 {
 }
 
 impl Supervisor {
+    /// The machine's snapshot with what only the runtime knows (log file losses).
+    fn snapshot(&self, now: Instant) -> Snapshot {
+        let mut snap = self.machine.snapshot(now);
+        for p in &mut snap.programs {
+            p.log_file_dropped_lines = self.logs.log_file_dropped(&p.name);
+        }
+        snap
+    }
+
     fn next_wake(&self) -> Option<Instant> {
         let probe = self.probes.values().map(|p| p.deadline).min();
         let waiter = self.waiters.iter().map(|w| w.deadline).min();
@@ -418,7 +458,7 @@ impl Supervisor {
         }
         let now = Instant::now();
         self.check_waiters(now);
-        let snap = self.machine.snapshot(now);
+        let snap = self.snapshot(now);
         self.snapshot_tx.send_if_modified(|old| {
             // Uptime changes every instant; publish only what watchers care about.
             let changed = old.healthy != snap.healthy
@@ -789,6 +829,7 @@ impl Supervisor {
             }
         }
         if self.machine.poll_timeout().is_some_and(|t| t <= now) {
+            self.machine.set_wall_clock(now, jiff::Timestamp::now());
             self.machine.handle_timeout(now);
         }
     }
@@ -830,7 +871,7 @@ impl Supervisor {
         let answer = Answer::Now;
         match request {
             Request::Status => {
-                let snap = self.machine.snapshot(now);
+                let snap = self.snapshot(now);
                 answer(ok_reply(serde_json::json!({
                     "supervisor": {
                         "pid": std::process::id(),
@@ -1115,6 +1156,9 @@ impl Supervisor {
                 reason,
             } => warn!(program = %self.name(program), pid, %reason, "unhealthy"),
             Event::Shutdown { reason } => info!(%reason, "shutting down"),
+            Event::Scheduled { program, what } => {
+                info!(program = %self.name(program), "{what}")
+            }
         }
     }
 }

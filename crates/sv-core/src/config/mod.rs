@@ -11,8 +11,10 @@ mod diag;
 mod duration;
 mod expand;
 mod graph;
+mod log_file;
 mod model;
 mod program;
+mod schedule;
 mod supervisor;
 mod value;
 

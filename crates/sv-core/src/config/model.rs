@@ -257,6 +257,34 @@ pub struct ProgramConfig {
     /// `bridge_publish`: extra MQTT topic filters this program may publish to outside the
     /// instance tree (bridge ACL). Default empty.
     pub bridge_publish: Vec<String>,
+    /// `log_file`: a size-rotated copy of the program's output. Default none.
+    pub log_file: Option<LogFileConfig>,
+    /// `schedule` / `every` with `run_on_start` and `overlap`: a scheduled program. Default none.
+    pub schedule: Option<crate::schedule::ScheduleConfig>,
+}
+
+/// `log_file = { path, max_bytes, backups }`: the program's output lines (both streams, without
+/// the `name | ` prefix) also written to `path`, rotated by size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFileConfig {
+    /// `path`: absolute.
+    pub path: PathBuf,
+    /// `max_bytes`: rotate before the file would grow past this; 0 never rotates. Default 50 MiB
+    /// (supervisord's `stdout_logfile_maxbytes`).
+    pub max_bytes: u64,
+    /// `backups`: rotated files kept (`path.1` … `path.N`); 0 truncates instead. Default 10.
+    pub backups: u32,
+}
+
+impl LogFileConfig {
+    /// `path` with the default size and backups.
+    pub fn new(path: PathBuf) -> LogFileConfig {
+        LogFileConfig {
+            path,
+            max_bytes: 50 << 20,
+            backups: 10,
+        }
+    }
 }
 
 impl ProgramConfig {
@@ -294,6 +322,8 @@ impl ProgramConfig {
             depends_on: Vec::new(),
             on_dependency_restart: OnDependencyRestart::Wait,
             bridge_publish: Vec::new(),
+            log_file: None,
+            schedule: None,
         }
     }
 }

@@ -44,15 +44,25 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "depends_on",
     "on_dependency_restart",
     "bridge_publish",
+    "log_file",
+    "schedule",
+    "every",
+    "run_on_start",
+    "overlap",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
 fn supervisord_hint(key: &str) -> Option<&'static str> {
     let output = key.starts_with("stdout_") || key.starts_with("stderr_");
-    if output && key != "redirect_stderr" {
+    if output && key.contains("logfile") {
         Some(
-            "supervisord's log files have no equivalent: output is captured and written to the \
-             supervisor's stdout (see \"output\" and \"redirect_stderr\")",
+            "output always goes to the supervisor's stdout; a copy in a rotated file is \
+             log_file = { path, max_bytes, backups } (one file for both streams)",
+        )
+    } else if output {
+        Some(
+            "supervisord's capture and event options have no equivalent: output is captured and \
+             written to the supervisor's stdout (see \"output\" and \"redirect_stderr\")",
         )
     } else if matches!(key, "process_name" | "numprocs" | "numprocs_start") {
         Some(
@@ -317,6 +327,10 @@ pub(super) fn program(
     }
     if let Some(f) = table.get("bridge_publish") {
         p.bridge_publish = bridge_publish(&f, sink);
+    }
+    super::schedule::schedule(&table, &mut p, sink);
+    if let Some(f) = table.get("log_file") {
+        p.log_file = super::log_file::log_file(&table, &f, p.output, sink);
     }
     Some((p, spans))
 }
