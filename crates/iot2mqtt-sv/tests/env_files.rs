@@ -106,3 +106,121 @@ fn issue_13_the_bridge_logs_in_with_a_password_the_web_backend_wrote_raw_into_do
         sv.stdout()
     );
 }
+
+/// A secret value that must show up in the program's environment and nowhere else.
+const SECRET: &str = "s3cr3t-Xy9-never-printed";
+
+#[test]
+fn env_files_and_secret_files_reach_the_program_in_precedence_order_and_the_secret_nowhere_else() {
+    let dir = Sv::new_dir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("a.env"),
+        "# [supervisor] env_file\nSHARED=from-a\nONLY_A=a\nSV_REAL=from-file\n\
+         PASS_RAW=pa$s w0rd#1\nexport QUOTED=\"q v\"\nthis line is not KEY=value\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("b.env"), "SHARED=from-b\nOVERRIDE=from-b\n").unwrap();
+    std::fs::write(d.join("db_password"), format!("{SECRET}\n")).unwrap();
+    let report = d.join("env.txt");
+    let config = format!(
+        "[supervisor]\nenv_file = [{}]\n\n[program.app]\ncommand = {}\nenv_file = {}\n\
+         environment = {{ OVERRIDE = \"from-config\", DB_PASSWORD = {{ file = {} }} }}\n",
+        toml_str(&d.join("a.env").display().to_string()),
+        child_cmd(&["--report-env", &report.display().to_string()]),
+        toml_str(&d.join("b.env").display().to_string()),
+        toml_str(&d.join("db_password").display().to_string()),
+    );
+    let sv = Sv::spawn_in(
+        dir,
+        &config,
+        SvOptions {
+            env: vec![("SV_REAL".into(), "real".into())],
+            ..SvOptions::default()
+        },
+    );
+    sv.wait_socket();
+    let env = wait_for("the program's environment report", WAIT, || {
+        std::fs::read_to_string(&report)
+            .ok()
+            .filter(|t| t.contains("@cwd="))
+    });
+    for want in [
+        "SHARED=from-b",
+        "ONLY_A=a",
+        "SV_REAL=real",
+        "PASS_RAW=pa$s w0rd#1",
+        "QUOTED=q v",
+        "OVERRIDE=from-config",
+        &format!("DB_PASSWORD={SECRET}"),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} missing in:\n{env}");
+    }
+    sv.wait_state("app", "RUNNING");
+
+    let status = sv.cli(&["status"]);
+    let json = sv.cli(&["status", "--json"]);
+    let environ = std::fs::read(format!("/proc/{}/environ", sv.pid())).unwrap();
+    for (what, text) in [
+        (
+            "status",
+            String::from_utf8_lossy(&status.stdout).into_owned(),
+        ),
+        (
+            "status --json",
+            String::from_utf8_lossy(&json.stdout).into_owned(),
+        ),
+        ("supervisor stdout", sv.stdout()),
+        ("supervisor stderr", sv.stderr()),
+        (
+            "/proc/<supervisor>/environ",
+            String::from_utf8_lossy(&environ).into_owned(),
+        ),
+    ] {
+        assert!(
+            !text.contains(SECRET),
+            "the secret leaked into {what}:\n{text}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&json.stdout).contains("\"app\""));
+    // The malformed line is reported by number, without its text.
+    assert!(
+        sv.stderr()
+            .contains("a.env: line 7: a key cannot contain blanks: line skipped"),
+        "{}",
+        sv.stderr()
+    );
+}
+
+#[test]
+fn a_missing_secret_or_env_file_is_a_failed_start_that_names_the_file() {
+    let dir = Sv::new_dir();
+    let d = dir.path().to_path_buf();
+    let config = format!(
+        "[program.secret]\ncommand = {cmd}\ncritical = false\nstartretries = 0\n\
+         environment = {{ DB_PASSWORD = {{ file = {} }} }}\n\n\
+         [program.envfile]\ncommand = {cmd}\ncritical = false\nstartretries = 0\nenv_file = {}\n",
+        toml_str(&d.join("missing-secret").display().to_string()),
+        toml_str(&d.join("missing.env").display().to_string()),
+        cmd = child_cmd(&[]),
+    );
+    let sv = Sv::spawn_in(dir, &config, SvOptions::default());
+    sv.wait_socket();
+    let p = sv.wait_state("secret", "FATAL");
+    let reason = p["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!(
+            "environment DB_PASSWORD: file {}: No such file or directory",
+            d.join("missing-secret").display()
+        )),
+        "{p}"
+    );
+    let p = sv.wait_state("envfile", "FATAL");
+    assert!(
+        p["reason"].as_str().unwrap_or_default().contains(&format!(
+            "env_file {}: No such file or directory",
+            d.join("missing.env").display()
+        )),
+        "{p}"
+    );
+}

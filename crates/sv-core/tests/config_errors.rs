@@ -146,7 +146,7 @@ fn wrong_types_name_the_expected_and_found_type() {
     );
     assert_eq!(
         program_error("environment = { A = [1] }"),
-        "3:21: \"A\" must be a string, number or boolean, found an array"
+        "3:21: \"A\" must be a string, number, boolean or { file = \"/path\" }, found an array"
     );
     assert_eq!(
         program_error("exitcodes = [0, \"1\"]"),
@@ -556,5 +556,32 @@ fn columns_count_characters_not_bytes() {
         [
             "3:23: environment \"É\": environment variable \"UNSET\" is not set (write \"${UNSET:-default}\" to give a default)"
         ]
+    );
+}
+
+#[test]
+fn env_file_and_secret_files_are_checked_with_positions() {
+    assert_eq!(
+        program_error("env_file = \"app.env\""),
+        "3:12: \"env_file\" paths must be absolute, found \"app.env\" (the working directory of PID 1 is rarely what you expect)"
+    );
+    assert_eq!(
+        program_error("env_file = 5"),
+        "3:12: \"env_file\" must be a path or an array of paths, found an integer"
+    );
+    assert_eq!(
+        program_error("environment = { PW = { fil = \"/run/secrets/pw\" } }"),
+        "3:24: unknown key \"fil\" in environment \"PW\", did you mean \"file\"?"
+    );
+    assert_eq!(
+        program_error("environment = { PW = { file = [\"/a\"] } }"),
+        "3:31: \"file\" must be a path, found an array"
+    );
+    let e =
+        errors("[supervisor]\nenv_file = [\"/app/.env\", \"rel\"]\n[program.a]\ncommand = \"a\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("2:26: \"env_file\" paths must be absolute"),
+        "{e:?}"
     );
 }

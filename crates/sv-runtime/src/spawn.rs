@@ -9,8 +9,9 @@
 //!   descriptors opened by any thread without `O_CLOEXEC` never leak into a program;
 //! - gets, in this order, its umask, its user (supplementary groups, then gid, then uid), its
 //!   working directory (entered as the new user, as supervisord does) and its environment:
-//!   the supervisor's, then HOME/USER/LOGNAME of `user`, then `environment`, then the caller's
-//!   extra variables (later wins).
+//!   the supervisor's, then its `env_file`s (only for variables the supervisor does not have),
+//!   then HOME/USER/LOGNAME of `user`, then `environment` (secrets from files included), then
+//!   the caller's extra variables (later wins).
 //!
 //! Nothing here waits for a child: exit statuses belong to the one reaper ([`crate::reap`]), and
 //! the `std::process::Child` is dropped at once (dropping neither waits nor kills). The one
@@ -85,7 +86,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<i32, SpawnError> {
     let mut setup = ChildSetup::base();
     setup.umask = program.umask.map(|m| (m & 0o7777) as libc::mode_t);
 
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = env_from_files(program)?;
     if let Some(spec) = &program.user {
         let user = resolve_user(spec)?;
         env.push(("HOME".into(), user.home));
@@ -94,6 +95,7 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<i32, SpawnError> {
         setup.ids = user.switch;
     }
     env.extend(program.environment.iter().cloned());
+    env.extend(secret_env(program)?);
     env.extend(req.extra_env.iter().cloned());
 
     if let Some(dir) = &program.directory {
@@ -107,6 +109,71 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<i32, SpawnError> {
     }
 
     launch(&program.command, &env, setup, req.stdout, req.stderr)
+}
+
+/// The variables of the program's `env_file`s (in order, later files winning), minus those the
+/// supervisor's own environment already has: the platform's rule that real variables win over
+/// `.env`, so a program sees the values the bridge sees. Read at every spawn, so an edited file
+/// applies at the next start. A malformed line is skipped with a warning naming the line (the
+/// platform's own reader skips it too); a missing or unreadable file is a failed start.
+fn env_from_files(program: &ProgramConfig) -> Result<Vec<(String, String)>, SpawnError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for path in &program.env_files {
+        let bytes = std::fs::read(path).map_err(|e| {
+            SpawnError::other(format!("env_file {}: {}", path.display(), os_reason(&e)))
+        })?;
+        let file = sv_core::envfile::EnvFile::parse(&bytes);
+        for (_, m) in file.malformed() {
+            tracing::warn!(program = %program.name, "env_file {}: {m}: line skipped", path.display());
+        }
+        for (k, v) in file.vars() {
+            if std::env::var_os(k).is_none() {
+                out.retain(|(o, _)| o != k);
+                out.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `NAME = { file = "..." }` entries: read here, in the parent, right before the fork, and handed
+/// to this child's `Command` only, so the value never enters the supervisor's own environment,
+/// its logs or its status. Errors name the variable and the file, never the content.
+fn secret_env(program: &ProgramConfig) -> Result<Vec<(String, String)>, SpawnError> {
+    program
+        .secret_env
+        .iter()
+        .map(|(name, path)| {
+            let fail = |why: String| {
+                SpawnError::other(format!(
+                    "environment {name}: file {}: {why}",
+                    path.display()
+                ))
+            };
+            let bytes = std::fs::read(path).map_err(|e| fail(os_reason(&e)))?;
+            let mut text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8".into()))?;
+            if text.contains('\0') {
+                return Err(fail("contains a NUL byte".into()));
+            }
+            // `echo secret > file` and most secret stores end the value with a newline.
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Ok((name.clone(), text))
+        })
+        .collect()
+}
+
+/// The OS reason alone (`No such file or directory`), without std's ` (os error 2)`.
+fn os_reason(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// For exec readiness/liveness probes: spawns `argv` (no shell) in its own session with

@@ -53,6 +53,9 @@ pub struct SupervisorSettings {
     pub max_line_bytes: usize,
     /// `[supervisor.http]`: the optional health/metrics HTTP server (off when absent).
     pub http: Option<HttpSettings>,
+    /// `env_file`: `.env` files (absolute paths) read for every program before its own
+    /// `env_file`s, at each spawn. Default none.
+    pub env_files: Vec<PathBuf>,
 }
 
 /// `[supervisor.http]`.
@@ -245,6 +248,14 @@ pub struct ProgramConfig {
     /// `bridge_publish`: extra MQTT topic filters this program may publish to outside the
     /// instance tree (bridge ACL). Default empty.
     pub bridge_publish: Vec<String>,
+    /// `env_file`: `.env` files (absolute paths, platform rules, see [`crate::envfile`]) read at
+    /// each spawn, `[supervisor] env_file` first; later files win, the supervisor's own
+    /// environment and `environment` win over all of them. Default none.
+    pub env_files: Vec<PathBuf>,
+    /// `environment` entries written `NAME = { file = "/run/secrets/x" }`: the variable's value
+    /// is the file's content (one trailing newline dropped), read at each spawn and passed to
+    /// the child only. Default none.
+    pub secret_env: Vec<(String, PathBuf)>,
 }
 
 impl ProgramConfig {
@@ -282,6 +293,8 @@ impl ProgramConfig {
             depends_on: Vec::new(),
             on_dependency_restart: OnDependencyRestart::Wait,
             bridge_publish: Vec::new(),
+            env_files: Vec::new(),
+            secret_env: Vec::new(),
         }
     }
 }
@@ -298,6 +311,7 @@ impl Default for SupervisorSettings {
             log_buffer_lines: 1000,
             max_line_bytes: 16 * 1024,
             http: None,
+            env_files: Vec::new(),
         }
     }
 }

@@ -44,6 +44,7 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "depends_on",
     "on_dependency_restart",
     "bridge_publish",
+    "env_file",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
@@ -177,7 +178,10 @@ pub(super) fn program(
     }
     p.directory = read(&table, sink, "directory", |f, s| f.path(s));
     if let Some(f) = table.get("environment") {
-        p.environment = environment(&table, &f, env, sink);
+        environment(&table, &f, env, sink, &mut p);
+    }
+    if let Some(v) = read(&table, sink, "env_file", |f, s| f.absolute_paths(s)) {
+        p.env_files = v;
     }
     p.user = read(&table, sink, "user", |f, s| match f.get() {
         DeValue::Integer(_) => f
@@ -326,11 +330,12 @@ fn environment(
     field: &Field<'_, '_>,
     env: &dyn Fn(&str) -> Option<String>,
     sink: &mut Sink,
-) -> Vec<(String, String)> {
+    p: &mut ProgramConfig,
+) {
     let Some(table) = field.table(sink, program.child_path("environment")) else {
-        return Vec::new();
+        return;
     };
-    let mut out = Vec::new();
+    let (out, secrets) = (&mut p.environment, &mut p.secret_env);
     for f in table.fields() {
         let name = f.key;
         if name.is_empty() || name.contains(['=', '\0']) {
@@ -363,14 +368,36 @@ fn environment(
             },
             DeValue::Float(v) => v.as_str().to_string(),
             DeValue::Boolean(b) => b.to_string(),
+            DeValue::Table(_) => {
+                let path = format!("environment \"{name}\"");
+                let Some(t) = f.table(sink, path) else {
+                    continue;
+                };
+                t.check_keys(sink, &["file"]);
+                match t.get("file") {
+                    Some(file) => {
+                        if !matches!(file.get(), DeValue::String(_)) {
+                            file.type_error(sink, "a path");
+                        } else if let Some(p) = file.absolute_paths(sink).and_then(|mut v| v.pop()) {
+                            secrets.push((name.to_string(), p));
+                        }
+                    }
+                    // An unknown key (a misspelt `file`) is already reported.
+                    None if !t.map.is_empty() => {}
+                    None => sink.error(
+                        &t.span,
+                        format!("environment \"{name}\" needs \"file\": {{ file = \"/run/secrets/{}\" }}", name.to_ascii_lowercase()),
+                    ),
+                }
+                continue;
+            }
             _ => {
-                f.type_error(sink, "a string, number or boolean");
+                f.type_error(sink, "a string, number, boolean or { file = \"/path\" }");
                 continue;
             }
         };
         out.push((name.to_string(), value));
     }
-    out
 }
 
 fn autorestart(f: &Field<'_, '_>, sink: &mut Sink) -> Option<AutoRestart> {

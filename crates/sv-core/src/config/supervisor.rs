@@ -15,6 +15,7 @@ const SUPERVISOR_KEYS: &[&str] = &[
     "log_buffer_lines",
     "max_line_bytes",
     "http",
+    "env_file",
 ];
 
 const BRIDGE_KEYS: &[&str] = &[
@@ -69,6 +70,9 @@ pub(super) fn supervisor(table: &Table<'_, '_>, sink: &mut Sink) -> SupervisorSe
     }
     if let Some(v) = read(table, sink, "control_socket_mode", |f, s| f.mode(s)) {
         s.control_socket_mode = v;
+    }
+    if let Some(v) = read(table, sink, "env_file", |f, s| f.absolute_paths(s)) {
+        s.env_files = v;
     }
     if let Some(v) = read(table, sink, "log_format", |f, s| {
         f.choice(s, &["text", "json"])

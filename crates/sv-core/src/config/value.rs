@@ -374,6 +374,33 @@ impl<'a, 'i> Field<'a, 'i> {
         ok.then_some(out)
     }
 
+    /// `env_file`: one absolute path or an array of them.
+    pub(super) fn absolute_paths(&self, sink: &mut Sink) -> Option<Vec<PathBuf>> {
+        let items = match self.get() {
+            DeValue::String(_) => vec![(self.text(sink)?, self.span())],
+            DeValue::Array(_) => self.strings(sink)?,
+            _ => {
+                self.type_error(sink, "a path or an array of paths");
+                return None;
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (p, span) in items {
+            if p.starts_with('/') {
+                out.push(PathBuf::from(p));
+            } else {
+                sink.error(
+                    &span,
+                    format!(
+                        "\"{}\" paths must be absolute, found {p:?} (the working directory of PID 1 is rarely what you expect)",
+                        self.key
+                    ),
+                );
+            }
+        }
+        Some(out)
+    }
+
     /// A command line: an array of strings, or a string split like a shell would (no shell
     /// runs). Never empty.
     pub(super) fn command(&self, sink: &mut Sink) -> Option<Vec<String>> {
