@@ -585,3 +585,22 @@ fn env_file_and_secret_files_are_checked_with_positions() {
         "{e:?}"
     );
 }
+
+#[test]
+fn rlimits_and_minfds_are_checked_with_positions() {
+    assert_eq!(
+        program_error("rlimits = { nofile = \"many\" }"),
+        "3:22: \"nofile\" must be an integer or \"unlimited\", found a string"
+    );
+    assert_eq!(
+        program_error("rlimits = { stack = \"8 parsecs\" }"),
+        "3:21: invalid size \"8 parsecs\" for \"stack\": expected bytes or a number with K, M, G or T (\"300MB\") or \"unlimited\""
+    );
+    assert_eq!(
+        program_error("rlimits = { nofiles = 10 }"),
+        "3:13: unknown key \"nofiles\" in [program.web.rlimits], did you mean \"nofile\"?"
+    );
+    let e = errors("[supervisor]\nminfds = 0\n[program.a]\ncommand = \"a\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("2:10: "), "{e:?}");
+}

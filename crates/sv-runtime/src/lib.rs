@@ -4,6 +4,7 @@
 pub mod client;
 pub mod control;
 pub mod http;
+pub mod limits;
 pub mod logs;
 pub mod notify;
 pub mod probe;

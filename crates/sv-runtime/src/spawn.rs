@@ -7,7 +7,8 @@
 //!   supervisor ignores or blocks (std resets only SIGPIPE and keeps the parent's mask);
 //! - inherits no descriptor but 0, 1 and 2: every fd ≥ 3 is marked close-on-exec in the child, so
 //!   descriptors opened by any thread without `O_CLOEXEC` never leak into a program;
-//! - gets, in this order, its umask, its user (supplementary groups, then gid, then uid), its
+//! - gets, in this order, its `rlimits` (before the user switch, which drops the privilege to
+//!   raise a hard limit), its umask, its user (supplementary groups, then gid, then uid), its
 //!   working directory (entered as the new user, as supervisord does) and its environment:
 //!   the supervisor's, then its `env_file`s (only for variables the supervisor does not have),
 //!   then HOME/USER/LOGNAME of `user`, then `environment` (secrets from files included), then
@@ -85,6 +86,18 @@ pub fn spawn(req: SpawnRequest<'_>) -> Result<i32, SpawnError> {
     let program = req.program;
     let mut setup = ChildSetup::base();
     setup.umask = program.umask.map(|m| (m & 0o7777) as libc::mode_t);
+    setup.rlimits = program
+        .rlimits
+        .iter()
+        .map(|&(limit, value)| {
+            let v = value.map_or(libc::RLIM_INFINITY, |v| v as libc::rlim_t);
+            let rl = libc::rlimit {
+                rlim_cur: v,
+                rlim_max: v,
+            };
+            (crate::limits::resource(limit) as _, rl, limit.key())
+        })
+        .collect();
 
     let mut env: Vec<(String, String)> = env_from_files(program)?;
     if let Some(spec) = &program.user {
@@ -194,7 +207,16 @@ struct ChildSetup {
     fd_limit: libc::c_int,
     dir_display: String,
     user_display: String,
+    /// `rlimits`, applied before the user switch (raising a hard limit needs the privilege the
+    /// switch drops); the key names the limit in errors.
+    rlimits: Vec<(RlimitResource, libc::rlimit, &'static str)>,
 }
+
+/// setrlimit's resource argument type, which glibc and musl spell differently.
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
 
 #[derive(Debug)]
 struct Ids {
@@ -215,6 +237,7 @@ impl ChildSetup {
             fd_limit,
             dir_display: String::new(),
             user_display: String::new(),
+            rlimits: Vec::new(),
         }
     }
 }
@@ -230,6 +253,7 @@ enum Step {
     Chdir = 5,
     Fds = 6,
     Mask = 7,
+    Rlimit = 8,
 }
 
 const STEP_SHIFT: i32 = 16;
@@ -244,6 +268,7 @@ impl Step {
             Step::Chdir,
             Step::Fds,
             Step::Mask,
+            Step::Rlimit,
         ]
         .into_iter()
         .find(|s| *s as i32 == tag)
@@ -276,10 +301,11 @@ fn launch(
 
     let dir_display = setup.dir_display.clone();
     let user_display = setup.user_display.clone();
+    let rlimit_keys: Vec<&'static str> = setup.rlimits.iter().map(|r| r.2).collect();
     // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
-    // system calls (setsid, rt_sigaction, umask, setgroups/setgid/setuid, chdir, close_range/fcntl,
-    // sigprocmask) on data prepared by the parent, and never allocates, locks or panics: its
-    // errors are plain errnos.
+    // system calls (setsid, setrlimit, rt_sigaction, umask, setgroups/setgid/setuid, chdir,
+    // close_range/fcntl, sigprocmask) on data prepared by the parent, and never allocates, locks
+    // or panics: its errors are plain errnos.
     unsafe {
         cmd.pre_exec(move || child_setup(&setup));
     }
@@ -307,13 +333,25 @@ fn launch(
             tracing::debug!(pid, command = %program, "spawned");
             Ok(pid)
         }
-        Err(e) => Err(describe(&e, program, &dir_display, &user_display)),
+        Err(e) => Err(describe(
+            &e,
+            program,
+            &dir_display,
+            &user_display,
+            &rlimit_keys,
+        )),
     }
 }
 
 /// Runs in the forked child; see the SAFETY comment at the call site.
 fn child_setup(p: &ChildSetup) -> io::Result<()> {
     nix::unistd::setsid().map_err(|_| Step::Setsid.fail())?;
+    for (resource, limit, _) in &p.rlimits {
+        // SAFETY: setrlimit(2) on a struct owned by the closure; async-signal-safe.
+        if unsafe { libc::setrlimit(*resource, limit) } != 0 {
+            return Err(Step::Rlimit.fail());
+        }
+    }
     if let Some(mask) = p.umask {
         // SAFETY: umask(2) cannot fail and touches no memory.
         unsafe { libc::umask(mask) };
@@ -417,7 +455,7 @@ fn mark_fds_cloexec(limit: libc::c_int) -> io::Result<()> {
 }
 
 /// Turns std's spawn error (possibly tagged with a [`Step`]) into a [`SpawnError`].
-fn describe(e: &io::Error, program: &str, dir: &str, user: &str) -> SpawnError {
+fn describe(e: &io::Error, program: &str, dir: &str, user: &str, rlimits: &[&str]) -> SpawnError {
     let Some(raw) = e.raw_os_error() else {
         // Not from the child: e.g. a NUL byte in an argument or variable.
         return SpawnError::other(format!("cannot start {program}: {e}"));
@@ -434,6 +472,10 @@ fn describe(e: &io::Error, program: &str, dir: &str, user: &str) -> SpawnError {
         Some(Step::Setsid) => SpawnError::other(format!("creating a session: {reason}")),
         Some(Step::Fds) => SpawnError::other(format!("closing inherited descriptors: {reason}")),
         Some(Step::Mask) => SpawnError::other(format!("resetting the signal mask: {reason}")),
+        Some(Step::Rlimit) => SpawnError::other(format!(
+            "setting rlimits ({}): {reason} (raising a hard limit needs root)",
+            rlimits.join(", ")
+        )),
         None => match Errno::from_raw(errno) {
             Errno::ENOENT => {
                 // An existing file that exec calls "missing" lacks its interpreter (#! line or

@@ -161,6 +161,10 @@ pub async fn run(opts: Options) -> i32 {
     }
 
     let settings = &opts.config.supervisor;
+    if let Err(e) = crate::limits::raise_minimums(settings) {
+        error!("{e}");
+        return 2;
+    }
     let logs = LogHub::new(
         settings.log_format,
         settings.log_buffer_lines,

@@ -56,6 +56,11 @@ pub struct SupervisorSettings {
     /// `env_file`: `.env` files (absolute paths) read for every program before its own
     /// `env_file`s, at each spawn. Default none.
     pub env_files: Vec<PathBuf>,
+    /// `minfds`: at start the supervisor raises its own RLIMIT_NOFILE (soft, and hard when
+    /// needed) to at least this, or refuses to start (supervisord's `minfds`). Default none.
+    pub minfds: Option<u64>,
+    /// `minprocs`: the same for RLIMIT_NPROC (supervisord's `minprocs`). Default none.
+    pub minprocs: Option<u64>,
 }
 
 /// `[supervisor.http]`.
@@ -64,6 +69,45 @@ pub struct HttpSettings {
     /// `listen`: `host:port`; port 0 picks a free port (the bound address is logged and shown in
     /// status). Default `127.0.0.1:0`... there is no default: the table requires it.
     pub listen: String,
+}
+
+/// A resource limit a program may set (`rlimits` keys), as setrlimit(2) names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rlimit {
+    /// `nofile`: RLIMIT_NOFILE, open descriptors.
+    Nofile,
+    /// `nproc`: RLIMIT_NPROC, processes of the program's user.
+    Nproc,
+    /// `core`: RLIMIT_CORE, bytes of a core dump.
+    Core,
+    /// `memlock`: RLIMIT_MEMLOCK, bytes of locked memory.
+    Memlock,
+    /// `stack`: RLIMIT_STACK, bytes of the main thread's stack.
+    Stack,
+}
+
+impl Rlimit {
+    /// Every limit with its key, in documentation order.
+    pub const ALL: [(Rlimit, &'static str); 5] = [
+        (Rlimit::Nofile, "nofile"),
+        (Rlimit::Nproc, "nproc"),
+        (Rlimit::Core, "core"),
+        (Rlimit::Memlock, "memlock"),
+        (Rlimit::Stack, "stack"),
+    ];
+
+    /// The key, e.g. `"nofile"`.
+    pub fn key(self) -> &'static str {
+        Rlimit::ALL
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map_or("", |(_, k)| k)
+    }
+
+    /// Whether the value is a size in bytes (so `"8MB"` is accepted).
+    pub fn is_bytes(self) -> bool {
+        matches!(self, Rlimit::Core | Rlimit::Memlock | Rlimit::Stack)
+    }
 }
 
 /// `autorestart`.
@@ -256,6 +300,9 @@ pub struct ProgramConfig {
     /// is the file's content (one trailing newline dropped), read at each spawn and passed to
     /// the child only. Default none.
     pub secret_env: Vec<(String, PathBuf)>,
+    /// `rlimits`: limits set in the child before exec, soft = hard; `None` = unlimited.
+    /// Default none (inherited from the supervisor).
+    pub rlimits: Vec<(Rlimit, Option<u64>)>,
 }
 
 impl ProgramConfig {
@@ -295,6 +342,7 @@ impl ProgramConfig {
             bridge_publish: Vec::new(),
             env_files: Vec::new(),
             secret_env: Vec::new(),
+            rlimits: Vec::new(),
         }
     }
 }
@@ -312,6 +360,8 @@ impl Default for SupervisorSettings {
             max_line_bytes: 16 * 1024,
             http: None,
             env_files: Vec::new(),
+            minfds: None,
+            minprocs: None,
         }
     }
 }

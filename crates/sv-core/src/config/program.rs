@@ -12,7 +12,7 @@ use super::diag::Sink;
 use super::expand::expand;
 use super::model::{
     AutoRestart, BackoffConfig, DependencyCondition, LivenessConfig, OnDependencyRestart,
-    OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig,
+    OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig, Rlimit,
 };
 use super::value::{Field, Table, display_key, with_article};
 use crate::signal::Signal;
@@ -45,6 +45,7 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "on_dependency_restart",
     "bridge_publish",
     "env_file",
+    "rlimits",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
@@ -182,6 +183,17 @@ pub(super) fn program(
     }
     if let Some(v) = read(&table, sink, "env_file", |f, s| f.absolute_paths(s)) {
         p.env_files = v;
+    }
+    if let Some(f) = table.get("rlimits") {
+        if let Some(t) = f.table(sink, table.child_path("rlimits")) {
+            let keys: Vec<&str> = Rlimit::ALL.iter().map(|(_, k)| *k).collect();
+            t.check_keys(sink, &keys);
+            for (limit, key) in Rlimit::ALL {
+                if let Some(v) = read(&t, sink, key, |f, s| f.amount(s, limit.is_bytes(), true)) {
+                    p.rlimits.push((limit, v));
+                }
+            }
+        }
     }
     p.user = read(&table, sink, "user", |f, s| match f.get() {
         DeValue::Integer(_) => f
