@@ -105,3 +105,22 @@ fn minfds_above_a_hard_limit_that_cannot_be_raised_refuses_to_start() {
         sv.stderr()
     );
 }
+
+#[test]
+fn restart_limit_gives_up_and_a_critical_program_ends_the_container_with_its_code() {
+    // Each run passes startsecs (so startretries never trips) and then fails with 7.
+    let config = format!(
+        "[program.leaky]\ncommand = {}\nstartsecs = \"200ms\"\n\
+         restart_limit = {{ burst = 2, within = \"10m\" }}\n\n[program.other]\ncommand = {}\n",
+        child_cmd(&["--exit-after-ms", "400", "--exit", "7"]),
+        child_cmd(&[]),
+    );
+    let mut sv = Sv::spawn(&config, SvOptions::default());
+    assert_eq!(sv.wait_exit(), 7);
+    let err = sv.stderr();
+    assert!(
+        err.contains("more than 2 restarts within 600s (restart_limit)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("spawned program=leaky").count(), 3, "{err}");
+}

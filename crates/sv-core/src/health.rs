@@ -153,6 +153,7 @@ fn family(
 /// - `iot2mqtt_sv_program_last_exit_code{program}`: only once the program has exited;
 /// - `iot2mqtt_sv_program_ready{program}`: 1 or 0;
 /// - `iot2mqtt_sv_program_probe_failures_total{program}`;
+/// - `iot2mqtt_sv_program_restart_limit_failures{program}`: only with `restart_limit`;
 /// - `iot2mqtt_sv_healthy`: 1 or 0.
 pub fn metrics_text(snap: &Snapshot) -> String {
     let mut out = String::new();
@@ -220,6 +221,16 @@ pub fn metrics_text(snap: &Snapshot) -> String {
         "Liveness probe and watchdog failures of each program since the supervisor started.",
         &per_program(&|p| Some(p.probe_failures.to_string())),
     );
+    let restart_limit = per_program(&|p| p.restart_limit_failures.map(|n| n.to_string()));
+    if !restart_limit.is_empty() {
+        family(
+            &mut out,
+            "iot2mqtt_sv_program_restart_limit_failures",
+            "gauge",
+            "Automatic restarts inside the program's restart_limit window.",
+            &restart_limit,
+        );
+    }
     family(
         &mut out,
         "iot2mqtt_sv_healthy",
@@ -449,6 +460,7 @@ mod tests {
             reason: None,
             status_text: None,
             probe_failures: 1,
+            restart_limit_failures: None,
         }
     }
 

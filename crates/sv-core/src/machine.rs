@@ -258,6 +258,9 @@ pub struct ProgramStatus {
     pub status_text: Option<String>,
     /// Liveness probe and watchdog failures since start.
     pub probe_failures: u64,
+    /// With `restart_limit`: automatic restarts inside the current window (FATAL above `burst`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_limit_failures: Option<u32>,
 }
 
 /// The whole supervisor as `status` and `health` see it.
@@ -320,6 +323,8 @@ struct Prog {
     /// The kind of the probe the runtime is running now, if any.
     probe_in_flight: Option<ProbeKind>,
     watchdog_deadline: Option<Instant>,
+    /// With `restart_limit`: when each automatic restart inside the window happened.
+    recent_failures: VecDeque<Instant>,
 }
 
 impl Prog {
@@ -348,6 +353,7 @@ impl Prog {
             next_probe: None,
             probe_in_flight: None,
             watchdog_deadline: None,
+            recent_failures: VecDeque::new(),
         }
     }
 
@@ -859,6 +865,14 @@ impl Machine {
                     reason: p.reason.clone(),
                     status_text: p.status_text.clone(),
                     probe_failures: p.probe_failures,
+                    restart_limit_failures: c.restart_limit.map(|l| {
+                        let inside = p
+                            .recent_failures
+                            .iter()
+                            .filter(|t| now.saturating_duration_since(**t) < l.within)
+                            .count();
+                        u32::try_from(inside).unwrap_or(u32::MAX)
+                    }),
                 }
             })
             .collect();
@@ -1232,6 +1246,7 @@ impl Machine {
                 p.state = State::Stopped;
                 p.failures = 0;
                 p.attempt = 0;
+                p.recent_failures.clear();
                 self.try_start_all(now);
                 return;
             }
@@ -1267,26 +1282,40 @@ impl Machine {
                 (false, format!("exited with {what}"))
             }
         };
+        // Every automatic restart counts against `restart_limit`, failed start or not; it is
+        // checked before `startretries`, which counts only failed starts in a row.
+        let over_limit = c.restart_limit.and_then(|l| {
+            let recent = &mut p.recent_failures;
+            recent.push_back(now);
+            while recent
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= l.within)
+            {
+                recent.pop_front();
+            }
+            (recent.len() > l.burst as usize).then(|| {
+                format!(
+                    "{reason}; gave up: more than {} restarts within {:?} (restart_limit)",
+                    l.burst, l.within
+                )
+            })
+        });
         if is_failed_start {
             p.failures += 1;
             self.events.push_back(Event::StartFailed {
                 program: id,
                 reason: reason.clone(),
             });
+        }
+        if let Some(why) = over_limit {
+            self.give_up(now, id, why, code);
+            return;
+        }
+        if is_failed_start {
             let p = &mut self.progs[id.0];
             if p.failures > c.startretries {
-                p.state = State::Fatal;
-                p.want_running = false;
                 let why = format!("{reason}; gave up after {} failed starts", p.failures);
-                p.reason = Some(why.clone());
-                self.events.push_back(Event::Fatal {
-                    program: id,
-                    reason: why,
-                });
-                if c.critical {
-                    let reason = format!("critical program {} is FATAL", c.name);
-                    self.request_shutdown(now, if code == 0 { 1 } else { code }, reason);
-                }
+                self.give_up(now, id, why, code);
                 return;
             }
             let attempt = p.failures - 1;
@@ -1299,6 +1328,23 @@ impl Machine {
             let attempt = p.attempt;
             p.attempt = p.attempt.saturating_add(1);
             self.enter_backoff(now, id, attempt, reason);
+        }
+    }
+
+    /// FATAL with `why`; for a critical program the supervisor shuts down with `code`.
+    fn give_up(&mut self, now: Instant, id: ProgramId, why: String, code: i32) {
+        let p = &mut self.progs[id.0];
+        p.state = State::Fatal;
+        p.want_running = false;
+        p.reason = Some(why.clone());
+        self.events.push_back(Event::Fatal {
+            program: id,
+            reason: why,
+        });
+        let c = &self.cfg[id.0];
+        if c.critical {
+            let reason = format!("critical program {} is FATAL", c.name);
+            self.request_shutdown(now, if code == 0 { 1 } else { code }, reason);
         }
     }
 
@@ -1327,6 +1373,8 @@ impl Machine {
             State::Stopped | State::Exited | State::Fatal | State::Backoff => {
                 p.failures = 0;
                 p.attempt = 0;
+                // An operator's start is a fresh budget, as `systemctl reset-failed`.
+                p.recent_failures.clear();
                 p.clear_timers();
                 p.state = State::Stopped;
                 p.completed = false;

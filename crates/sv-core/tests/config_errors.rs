@@ -604,3 +604,15 @@ fn rlimits_and_minfds_are_checked_with_positions() {
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].starts_with("2:10: "), "{e:?}");
 }
+
+#[test]
+fn restart_limit_is_checked_with_positions() {
+    assert_eq!(
+        program_error("restart_limit = { burst = 0, within = \"60s\" }"),
+        "3:27: \"burst\" must be between 1 and 4294967295, found 0"
+    );
+    assert_eq!(
+        program_error("restart_limit = { burst = 5 }"),
+        "3:17: missing key \"within\" in [program.web.restart_limit]"
+    );
+}

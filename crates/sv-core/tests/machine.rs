@@ -279,12 +279,12 @@ fn dependency_waits_for_ready_and_completed() {
         ("broker".into(), DependencyCondition::Ready),
         ("gen".into(), DependencyCondition::Completed),
     ];
-    let mut w = World::new(config(vec![setup, broker, app]));
-    w.crash.insert(
-        "gen".into(),
-        (Duration::from_millis(300), ExitStatus::Code(0)),
+    let mut w = booted_crashing(
+        vec![setup, broker, app],
+        "gen",
+        Duration::from_millis(300),
+        ExitStatus::Code(0),
     );
-    w.boot();
     assert!(!w.spawns.iter().any(|(_, n)| n == "app"), "app must wait");
     let snap = w.m.snapshot(w.now);
     let app = snap.programs.iter().find(|p| p.name == "app").unwrap();
@@ -308,12 +308,12 @@ fn dependency_waits_for_ready_and_completed() {
 fn failed_starts_back_off_exponentially_then_fatal_and_critical_exit_code() {
     let mut p = prog("flaky");
     p.startretries = 3;
-    let mut w = World::new(config(vec![p, prog("other")]));
-    w.crash.insert(
-        "flaky".into(),
-        (Duration::from_millis(10), ExitStatus::Code(3)),
+    let mut w = booted_crashing(
+        vec![p, prog("other")],
+        "flaky",
+        Duration::from_millis(10),
+        ExitStatus::Code(3),
     );
-    w.boot();
     w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
     assert_eq!(w.exit_code, Some(3));
     let starts: Vec<Instant> = w
@@ -610,12 +610,12 @@ fn expected_exit_without_restart_is_exited_and_healthy() {
     let mut p = prog("oneshot");
     p.autorestart = AutoRestart::Unexpected;
     p.startsecs = Duration::ZERO;
-    let mut w = World::new(config(vec![p]));
-    w.crash.insert(
-        "oneshot".into(),
-        (Duration::from_millis(5), ExitStatus::Code(0)),
+    let mut w = booted_crashing(
+        vec![p],
+        "oneshot",
+        Duration::from_millis(5),
+        ExitStatus::Code(0),
     );
-    w.boot();
     w.run_until(Duration::from_secs(5), |w| {
         w.state("oneshot") == State::Exited
     });
@@ -628,12 +628,12 @@ fn critical_unexpected_exit_without_restart_exits_with_its_code() {
     let mut p = prog("main");
     p.autorestart = AutoRestart::Never;
     p.startsecs = Duration::ZERO;
-    let mut w = World::new(config(vec![p]));
-    w.crash.insert(
-        "main".into(),
-        (Duration::from_millis(5), ExitStatus::Signaled(11)),
+    let mut w = booted_crashing(
+        vec![p],
+        "main",
+        Duration::from_millis(5),
+        ExitStatus::Signaled(11),
     );
-    w.boot();
     w.run_until(Duration::from_secs(20), |w| w.exit_code.is_some());
     assert_eq!(w.exit_code, Some(139));
 }
@@ -838,5 +838,109 @@ fn shutdown_cancels_spawns_still_queued() {
             .filter(|p| p.state == "STOPPED")
             .count(),
         47
+    );
+}
+
+/// A booted world where program `name` exits with `status` after running for `run`.
+fn booted_crashing(
+    programs: Vec<ProgramConfig>,
+    name: &str,
+    run: Duration,
+    status: ExitStatus,
+) -> World {
+    let mut w = World::new(config(programs));
+    w.crash.insert(name.into(), (run, status));
+    w.boot();
+    w
+}
+
+/// A program that becomes READY (so `startretries` never trips) and then crashes after `run`.
+fn crashing_after(run: Duration, limit: Option<RestartLimit>) -> World {
+    let mut p = prog("leaky");
+    p.backoff.jitter = 0.0;
+    p.backoff.max = Duration::from_secs(1);
+    p.restart_limit = limit;
+    booted_crashing(vec![p, prog("other")], "leaky", run, ExitStatus::Code(5))
+}
+
+fn leaky_starts(w: &World) -> usize {
+    w.spawns.iter().filter(|(_, n)| n == "leaky").count()
+}
+
+#[test]
+fn restart_limit_makes_a_program_fatal_after_burst_restarts_within_the_window() {
+    let limit = RestartLimit {
+        burst: 3,
+        within: Duration::from_secs(60),
+    };
+    let mut w = crashing_after(Duration::from_secs(2), Some(limit));
+    w.run_until(Duration::from_secs(600), |w| w.exit_code.is_some());
+    // Critical: the container exits with the program's code.
+    assert_eq!(w.exit_code, Some(5));
+    assert_eq!(w.state("leaky"), State::Fatal);
+    assert_eq!(
+        leaky_starts(&w),
+        4,
+        "1 start + 3 restarts, the 4th crash exceeds the burst"
+    );
+    let snap = w.m.snapshot(w.now);
+    let leaky = snap.programs.iter().find(|p| p.name == "leaky").unwrap();
+    assert!(
+        leaky
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("more than 3 restarts within 60s (restart_limit)"),
+        "{leaky:?}"
+    );
+    assert_eq!(leaky.restart_limit_failures, Some(4));
+    let other = snap.programs.iter().find(|p| p.name == "other").unwrap();
+    assert_eq!(other.restart_limit_failures, None);
+
+    // The same program without a restart_limit restarts forever: startretries counts only
+    // failed starts in a row, and every start here succeeded.
+    let mut w = crashing_after(Duration::from_secs(2), None);
+    w.run_until(Duration::from_secs(600), |w| leaky_starts(w) > 50);
+    assert_eq!(w.exit_code, None);
+}
+
+#[test]
+fn restart_limit_window_slides_so_spaced_out_crashes_never_give_up() {
+    let limit = RestartLimit {
+        burst: 1,
+        within: Duration::from_secs(60),
+    };
+    // One crash every ~70 s: never two inside a 60 s window.
+    let mut w = crashing_after(Duration::from_secs(70), Some(limit));
+    w.run_until(Duration::from_secs(1000), |w| leaky_starts(w) >= 10);
+    assert_eq!(w.exit_code, None);
+    assert_ne!(w.state("leaky"), State::Fatal);
+    // One crash every ~40 s: the second lands inside the window of the first.
+    let mut w = crashing_after(Duration::from_secs(40), Some(limit));
+    w.run_until(Duration::from_secs(1000), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(5));
+    assert_eq!(leaky_starts(&w), 2);
+}
+
+#[test]
+fn restart_limit_also_counts_failed_starts_before_startretries() {
+    let mut p = prog("flaky");
+    p.startretries = 10;
+    p.restart_limit = Some(RestartLimit {
+        burst: 2,
+        within: Duration::from_secs(60),
+    });
+    let mut w = booted_crashing(
+        vec![p],
+        "flaky",
+        Duration::from_millis(10),
+        ExitStatus::Code(3),
+    );
+    w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(3));
+    assert_eq!(
+        w.spawns.len(),
+        3,
+        "gave up at the 3rd failure, not after 11"
     );
 }

@@ -24,6 +24,7 @@ fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
         reason: (!healthy).then(|| "exited with code 1".to_owned()),
         status_text: None,
         probe_failures: 0,
+        restart_limit_failures: None,
     }
 }
 

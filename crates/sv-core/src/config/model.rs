@@ -163,6 +163,16 @@ impl Default for BackoffConfig {
     }
 }
 
+/// `restart_limit`: more than `burst` automatic restarts within `within` make the program FATAL
+/// (systemd's `StartLimitBurst` / `StartLimitIntervalSec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartLimit {
+    /// `burst`: automatic restarts allowed inside the window, ≥ 1.
+    pub burst: u32,
+    /// `within`: the sliding window, > 0.
+    pub within: Duration,
+}
+
 /// `[program.NAME.ready]`: when a STARTING program counts as READY.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadinessConfig {
@@ -303,6 +313,8 @@ pub struct ProgramConfig {
     /// `rlimits`: limits set in the child before exec, soft = hard; `None` = unlimited.
     /// Default none (inherited from the supervisor).
     pub rlimits: Vec<(Rlimit, Option<u64>)>,
+    /// `restart_limit`: default none (only `startretries` gives up).
+    pub restart_limit: Option<RestartLimit>,
 }
 
 impl ProgramConfig {
@@ -343,6 +355,7 @@ impl ProgramConfig {
             env_files: Vec::new(),
             secret_env: Vec::new(),
             rlimits: Vec::new(),
+            restart_limit: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use super::diag::Sink;
 use super::expand::expand;
 use super::model::{
     AutoRestart, BackoffConfig, DependencyCondition, LivenessConfig, OnDependencyRestart,
-    OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig, Rlimit,
+    OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig, RestartLimit, Rlimit,
 };
 use super::value::{Field, Table, display_key, with_article};
 use crate::signal::Signal;
@@ -46,6 +46,7 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "bridge_publish",
     "env_file",
     "rlimits",
+    "restart_limit",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
@@ -183,6 +184,23 @@ pub(super) fn program(
     }
     if let Some(v) = read(&table, sink, "env_file", |f, s| f.absolute_paths(s)) {
         p.env_files = v;
+    }
+    if let Some(f) = table.get("restart_limit") {
+        if let Some(t) = f.table(sink, table.child_path("restart_limit")) {
+            t.check_keys(sink, &["burst", "within"]);
+            let burst = read(&t, sink, "burst", |f, s| {
+                f.int_in::<u32>(s, 1, u32::MAX.into())
+            });
+            let within = read(&t, sink, "within", |f, s| f.duration(s, true));
+            for key in ["burst", "within"] {
+                if t.get(key).is_none() {
+                    sink.error(&t.span, format!("missing key \"{key}\" in {}", t.path));
+                }
+            }
+            if let (Some(burst), Some(within)) = (burst, within) {
+                p.restart_limit = Some(RestartLimit { burst, within });
+            }
+        }
     }
     if let Some(f) = table.get("rlimits") {
         if let Some(t) = f.table(sink, table.child_path("rlimits")) {
