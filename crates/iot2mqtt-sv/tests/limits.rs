@@ -124,3 +124,28 @@ fn restart_limit_gives_up_and_a_critical_program_ends_the_container_with_its_cod
     );
     assert_eq!(err.matches("spawned program=leaky").count(), 3, "{err}");
 }
+
+#[test]
+fn max_rss_restarts_a_program_whose_resident_memory_stays_above_the_limit() {
+    let config = format!(
+        "[program.leaky]\ncommand = {}\nstartsecs = 0\n\
+         max_rss = {{ limit = \"20MB\", for = \"300ms\", interval = \"100ms\" }}\n\n\
+         [program.small]\ncommand = {}\nmax_rss = \"200MB\"\n",
+        child_cmd(&["--alloc-mb", "64"]),
+        child_cmd(&[]),
+    );
+    let sv = Sv::start(&config);
+    let p = sv.wait_program("a memory restart", "leaky", |p| {
+        p["memory_restarts"].as_u64() >= Some(1) && p["restarts"].as_u64() >= Some(1)
+    });
+    assert!(p["memory_restarts"].is_u64(), "{p}");
+    let err = sv.stderr();
+    assert!(
+        err.contains("MiB above max_rss 20 MiB for 300ms: restarting"),
+        "{err}"
+    );
+    // A program under its limit is sampled but left alone.
+    let small = sv.program("small");
+    assert_eq!(small["memory_restarts"], 0, "{small}");
+    assert_eq!(small["restarts"], 0, "{small}");
+}

@@ -154,6 +154,7 @@ fn family(
 /// - `iot2mqtt_sv_program_ready{program}`: 1 or 0;
 /// - `iot2mqtt_sv_program_probe_failures_total{program}`;
 /// - `iot2mqtt_sv_program_restart_limit_failures{program}`: only with `restart_limit`;
+/// - `iot2mqtt_sv_program_memory_restarts_total{program}`: only with `max_rss`;
 /// - `iot2mqtt_sv_healthy`: 1 or 0.
 pub fn metrics_text(snap: &Snapshot) -> String {
     let mut out = String::new();
@@ -221,15 +222,24 @@ pub fn metrics_text(snap: &Snapshot) -> String {
         "Liveness probe and watchdog failures of each program since the supervisor started.",
         &per_program(&|p| Some(p.probe_failures.to_string())),
     );
-    let restart_limit = per_program(&|p| p.restart_limit_failures.map(|n| n.to_string()));
-    if !restart_limit.is_empty() {
-        family(
-            &mut out,
+    // Families of opt-in keys: absent unless some program sets the key.
+    for (name, kind, help, samples) in [
+        (
+            "iot2mqtt_sv_program_memory_restarts_total",
+            "counter",
+            "Restarts of each program because its resident memory stayed above max_rss.",
+            per_program(&|p| p.memory_restarts.map(|n| n.to_string())),
+        ),
+        (
             "iot2mqtt_sv_program_restart_limit_failures",
             "gauge",
             "Automatic restarts inside the program's restart_limit window.",
-            &restart_limit,
-        );
+            per_program(&|p| p.restart_limit_failures.map(|n| n.to_string())),
+        ),
+    ] {
+        if !samples.is_empty() {
+            family(&mut out, name, kind, help, &samples);
+        }
     }
     family(
         &mut out,
@@ -461,6 +471,7 @@ mod tests {
             status_text: None,
             probe_failures: 1,
             restart_limit_failures: None,
+            memory_restarts: None,
         }
     }
 
@@ -513,6 +524,28 @@ mod tests {
         assert_eq!(doc["status"], "fail");
         assert_eq!(doc["output"], "supervisor loop not responding");
         assert!(doc["checks"].as_object().is_some_and(|m| m.is_empty()));
+    }
+
+    #[test]
+    fn memory_and_restart_limit_families_appear_only_for_programs_that_set_them() {
+        let plain = snapshot(vec![program("web", "RUNNING", true)], true, "ok");
+        let text = metrics_text(&plain);
+        assert!(!text.contains("memory_restarts") && !text.contains("restart_limit"));
+        let mut leaky = program("leaky", "RUNNING", true);
+        leaky.memory_restarts = Some(2);
+        leaky.restart_limit_failures = Some(1);
+        let text = metrics_text(&snapshot(vec![leaky], true, "ok"));
+        for want in [
+            "# TYPE iot2mqtt_sv_program_memory_restarts_total counter",
+            r#"iot2mqtt_sv_program_memory_restarts_total{program="leaky"} 2"#,
+            "# TYPE iot2mqtt_sv_program_restart_limit_failures gauge",
+            r#"iot2mqtt_sv_program_restart_limit_failures{program="leaky"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
+        }
     }
 
     #[test]

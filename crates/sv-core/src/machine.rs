@@ -153,6 +153,13 @@ pub enum Input {
     StopRequested(ProgramId),
     /// Control: stop then start a program, resetting its retry count.
     RestartRequested(ProgramId),
+    /// Answer to [`Action::SampleRss`]: `pid`'s resident memory in bytes (`None`: unreadable,
+    /// the process is gone).
+    RssSampled {
+        program: ProgramId,
+        pid: i32,
+        rss: Option<u64>,
+    },
 }
 
 /// Commands for the runtime.
@@ -173,6 +180,8 @@ pub enum Action {
         pid: i32,
         kind: ProbeKind,
     },
+    /// Read the resident memory of `pid` (`max_rss`); answer with [`Input::RssSampled`].
+    SampleRss { program: ProgramId, pid: i32 },
     /// Send `signal` to every remaining descendant (orphans) after the programs stopped.
     SignalOrphans(crate::signal::Signal),
     /// Exit the supervisor with this code. The last action ever emitted.
@@ -261,6 +270,9 @@ pub struct ProgramStatus {
     /// With `restart_limit`: automatic restarts inside the current window (FATAL above `burst`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_limit_failures: Option<u32>,
+    /// With `max_rss`: restarts because resident memory stayed above the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_restarts: Option<u64>,
 }
 
 /// The whole supervisor as `status` and `health` see it.
@@ -325,6 +337,10 @@ struct Prog {
     watchdog_deadline: Option<Instant>,
     /// With `restart_limit`: when each automatic restart inside the window happened.
     recent_failures: VecDeque<Instant>,
+    /// With `max_rss`: the next `/proc` sample, and since when samples are above the limit.
+    next_rss_check: Option<Instant>,
+    rss_over_since: Option<Instant>,
+    memory_restarts: u64,
 }
 
 impl Prog {
@@ -354,6 +370,9 @@ impl Prog {
             probe_in_flight: None,
             watchdog_deadline: None,
             recent_failures: VecDeque::new(),
+            next_rss_check: None,
+            rss_over_since: None,
+            memory_restarts: 0,
         }
     }
 
@@ -368,6 +387,8 @@ impl Prog {
         self.next_probe = None;
         self.probe_in_flight = None;
         self.watchdog_deadline = None;
+        self.next_rss_check = None;
+        self.rss_over_since = None;
     }
 }
 
@@ -553,6 +574,7 @@ impl Machine {
                 p.next_probe
             });
             consider(p.watchdog_deadline);
+            consider(p.next_rss_check);
         }
         match self.phase {
             Phase::Stopping {
@@ -679,6 +701,7 @@ impl Machine {
                     p.reason = Some("stopped by request".into());
                 }
             }
+            Input::RssSampled { program, pid, rss } => self.on_rss(now, program, pid, rss),
             Input::RestartRequested(id) => {
                 if self.phase != Phase::Running {
                     return;
@@ -760,6 +783,17 @@ impl Machine {
                     });
                 } else {
                     self.progs[i].next_probe = None;
+                }
+            }
+            if due(self.progs[i].next_rss_check) {
+                let p = &mut self.progs[i];
+                p.next_rss_check = None;
+                if let (Some(pid), Some(m), State::Starting | State::Running) =
+                    (p.pid, self.cfg[i].max_rss, p.state)
+                {
+                    p.next_rss_check = Some(now + m.interval);
+                    self.actions
+                        .push_back(Action::SampleRss { program: id, pid });
                 }
             }
             if due(self.progs[i].watchdog_deadline) {
@@ -873,6 +907,7 @@ impl Machine {
                             .count();
                         u32::try_from(inside).unwrap_or(u32::MAX)
                     }),
+                    memory_restarts: c.max_rss.map(|_| p.memory_restarts),
                 }
             })
             .collect();
@@ -992,6 +1027,7 @@ impl Machine {
             p.restarts += 1;
         }
         p.ever_spawned = true;
+        p.next_rss_check = c.max_rss.map(|m| now + m.interval);
         self.events.push_back(Event::Spawned { program: id, pid });
         if let Some(intent) = p.stop_intent.clone() {
             // Stopped while the spawn was being carried out: stop the new process right away.
@@ -1329,6 +1365,38 @@ impl Machine {
             p.attempt = p.attempt.saturating_add(1);
             self.enter_backoff(now, id, attempt, reason);
         }
+    }
+
+    /// The memmon rule: restart once every sample for `for` was above `limit`.
+    fn on_rss(&mut self, now: Instant, id: ProgramId, pid: i32, rss: Option<u64>) {
+        let Some(m) = self.cfg[id.0].max_rss else {
+            return;
+        };
+        let p = &mut self.progs[id.0];
+        if p.pid != Some(pid) || !matches!(p.state, State::Starting | State::Running) {
+            return;
+        }
+        let Some(rss) = rss.filter(|r| *r > m.limit) else {
+            p.rss_over_since = None;
+            return;
+        };
+        let since = *p.rss_over_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < m.for_ {
+            return;
+        }
+        p.memory_restarts += 1;
+        let reason = format!(
+            "resident memory {} MiB above max_rss {} MiB for {:?}: restarting",
+            rss >> 20,
+            m.limit >> 20,
+            m.for_
+        );
+        self.events.push_back(Event::Unhealthy {
+            program: id,
+            pid,
+            reason: reason.clone(),
+        });
+        self.begin_stop(now, id, StopIntent::Unhealthy(reason.clone()), reason);
     }
 
     /// FATAL with `why`; for a critical program the supervisor shuts down with `code`.

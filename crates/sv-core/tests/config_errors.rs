@@ -616,3 +616,23 @@ fn restart_limit_is_checked_with_positions() {
         "3:17: missing key \"within\" in [program.web.restart_limit]"
     );
 }
+
+#[test]
+fn max_rss_is_checked_with_positions() {
+    assert_eq!(
+        program_error("max_rss = \"lots\""),
+        "3:11: invalid size \"lots\" for \"max_rss\": expected bytes or a number with K, M, G or T (\"300MB\")"
+    );
+    assert_eq!(
+        program_error("max_rss = { limit = \"300MB\", for = \"soon\" }"),
+        "3:36: invalid duration \"soon\" for \"for\": expected seconds as a number, or a string like \"500ms\", \"1.5s\", \"2m\", \"1h30m\""
+    );
+    assert_eq!(
+        program_error("max_rss = { for = \"1m\" }"),
+        "3:11: missing key \"limit\" in [program.web.max_rss]"
+    );
+    assert_eq!(
+        program_error("max_rss = { limit = 0 }"),
+        "3:21: \"limit\" must be greater than zero"
+    );
+}

@@ -52,6 +52,10 @@ struct World {
     exit_code: Option<i32>,
     exit_at: Option<Instant>,
     probe_results: HashMap<String, Result<(), String>>,
+    /// Resident memory each program reports to `max_rss` samples (default 0).
+    rss: HashMap<String, u64>,
+    /// When each `max_rss` sample was asked for.
+    rss_samples: Vec<Instant>,
 }
 
 impl World {
@@ -72,6 +76,8 @@ impl World {
             exit_code: None,
             exit_at: None,
             probe_results: HashMap::new(),
+            rss: HashMap::new(),
+            rss_samples: Vec::new(),
         }
     }
 
@@ -173,6 +179,18 @@ impl World {
                             pid,
                             kind: ProbeKind::Liveness,
                             result: r,
+                        },
+                    );
+                }
+                Action::SampleRss { program, pid } => {
+                    self.rss_samples.push(self.now);
+                    let rss = self.rss.get(&self.name(program)).copied().unwrap_or(0);
+                    self.m.handle(
+                        self.now,
+                        Input::RssSampled {
+                            program,
+                            pid,
+                            rss: Some(rss),
                         },
                     );
                 }
@@ -943,4 +961,72 @@ fn restart_limit_also_counts_failed_starts_before_startretries() {
         3,
         "gave up at the 3rd failure, not after 11"
     );
+}
+
+fn with_max_rss(for_: Duration) -> World {
+    let mut p = prog("leaky");
+    p.max_rss = Some(MaxRss {
+        limit: 300 << 20,
+        for_,
+        interval: Duration::from_secs(10),
+    });
+    let mut w = World::new(config(vec![p, prog("plain")]));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.state("leaky") == State::Running
+    });
+    w
+}
+
+fn memory_restarts(w: &World, name: &str) -> Option<u64> {
+    let snap = w.m.snapshot(w.now);
+    snap.programs
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.memory_restarts)
+}
+
+#[test]
+fn max_rss_restarts_only_after_the_memory_stayed_above_the_limit_for_the_whole_period() {
+    let mut w = with_max_rss(Duration::from_secs(60));
+    let t0 = w.now;
+    // Below the limit: sampled every interval, never restarted.
+    w.run_until(Duration::from_secs(100), |w| w.rss_samples.len() >= 5);
+    assert_eq!(w.spawns.iter().filter(|(_, n)| n == "leaky").count(), 1);
+    // Above, then briefly below: the period starts again.
+    w.rss.insert("leaky".into(), 400 << 20);
+    let n = w.rss_samples.len();
+    w.run_until(Duration::from_secs(100), |w| w.rss_samples.len() >= n + 3);
+    w.rss.insert("leaky".into(), 100 << 20);
+    let n = w.rss_samples.len();
+    w.run_until(Duration::from_secs(100), |w| w.rss_samples.len() > n);
+    assert_eq!(memory_restarts(&w, "leaky"), Some(0));
+    // Above for 60 s: restarted, counted, and the cause is in the reason.
+    w.rss.insert("leaky".into(), 400 << 20);
+    let above_from = w.now;
+    w.run_until(Duration::from_secs(200), |w| {
+        w.spawns.iter().filter(|(_, n)| n == "leaky").count() == 2
+    });
+    assert!(w.now - above_from >= Duration::from_secs(60));
+    assert_eq!(memory_restarts(&w, "leaky"), Some(1));
+    let stopped_for = w.signals.iter().filter(|(_, n, _)| n == "leaky").count();
+    assert_eq!(stopped_for, 1, "one stop signal for the restart");
+    // A program without max_rss is never sampled and shows no counter.
+    assert_eq!(memory_restarts(&w, "plain"), None);
+    assert!(w.rss_samples.iter().all(|t| *t > t0));
+}
+
+#[test]
+fn without_max_rss_there_is_no_sampling_timer() {
+    let mut w = World::new(config(vec![prog("plain")]));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.state("plain") == State::Running
+    });
+    assert_eq!(
+        w.m.poll_timeout(),
+        None,
+        "an idle supervisor never wakes up"
+    );
+    assert!(w.rss_samples.is_empty());
 }

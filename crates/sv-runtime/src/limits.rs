@@ -1,5 +1,6 @@
-//! Resource limits: the supervisor's own floor (`minfds`/`minprocs`, as supervisord) and the
-//! translation of a program's `rlimits` into what the child applies before exec.
+//! Resource limits: the supervisor's own floor (`minfds`/`minprocs`, as supervisord), the
+//! translation of a program's `rlimits` into what the child applies before exec, and the
+//! resident-memory sample behind `max_rss`.
 //!
 //! supervisord raises its soft limit, and the hard one when the soft would exceed it, and refuses
 //! to start when it cannot: a supervisor that silently runs with fewer descriptors than its
@@ -46,4 +47,16 @@ pub fn raise_minimums(settings: &SupervisorSettings) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Resident memory of `pid` in bytes: the second field of `/proc/PID/statm` (pages) times the
+/// page size. One small read, no parsing of `status` or `smaps`; `None` when the process is gone.
+pub fn resident_bytes(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |p| p as u64);
+    Some(pages.saturating_mul(page))
 }

@@ -430,6 +430,11 @@ impl Supervisor {
                 }
             }
             Action::Probe { program, pid, kind } => self.start_probe(program, pid, kind),
+            Action::SampleRss { program, pid } => {
+                let rss = crate::limits::resident_bytes(pid);
+                self.machine
+                    .handle(now, Input::RssSampled { program, pid, rss });
+            }
             Action::SignalOrphans(sig) => {
                 let n = signals::signal_orphans(sig, self.mode);
                 if n > 0 {

@@ -25,6 +25,7 @@ fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
         status_text: None,
         probe_failures: 0,
         restart_limit_failures: None,
+        memory_restarts: None,
     }
 }
 

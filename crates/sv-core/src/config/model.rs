@@ -163,6 +163,17 @@ impl Default for BackoffConfig {
     }
 }
 
+/// `max_rss`: restart a program whose resident memory stays above `limit` for `for_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxRss {
+    /// `limit`: bytes of resident memory of the program's main process.
+    pub limit: u64,
+    /// `for`: how long the samples must stay above the limit. Default 0 (the first sample).
+    pub for_: Duration,
+    /// `interval`: how often `/proc/PID/statm` is read. Default 10 s.
+    pub interval: Duration,
+}
+
 /// `restart_limit`: more than `burst` automatic restarts within `within` make the program FATAL
 /// (systemd's `StartLimitBurst` / `StartLimitIntervalSec`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,6 +326,8 @@ pub struct ProgramConfig {
     pub rlimits: Vec<(Rlimit, Option<u64>)>,
     /// `restart_limit`: default none (only `startretries` gives up).
     pub restart_limit: Option<RestartLimit>,
+    /// `max_rss`: default none (no sampling at all).
+    pub max_rss: Option<MaxRss>,
 }
 
 impl ProgramConfig {
@@ -356,6 +369,7 @@ impl ProgramConfig {
             secret_env: Vec::new(),
             rlimits: Vec::new(),
             restart_limit: None,
+            max_rss: None,
         }
     }
 }

@@ -11,7 +11,7 @@ use toml::de::DeValue;
 use super::diag::Sink;
 use super::expand::expand;
 use super::model::{
-    AutoRestart, BackoffConfig, DependencyCondition, LivenessConfig, OnDependencyRestart,
+    AutoRestart, BackoffConfig, DependencyCondition, LivenessConfig, MaxRss, OnDependencyRestart,
     OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig, RestartLimit, Rlimit,
 };
 use super::value::{Field, Table, display_key, with_article};
@@ -47,6 +47,7 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "env_file",
     "rlimits",
     "restart_limit",
+    "max_rss",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
@@ -201,6 +202,9 @@ pub(super) fn program(
                 p.restart_limit = Some(RestartLimit { burst, within });
             }
         }
+    }
+    if let Some(f) = table.get("max_rss") {
+        p.max_rss = max_rss(&table, &f, sink);
     }
     if let Some(f) = table.get("rlimits") {
         if let Some(t) = f.table(sink, table.child_path("rlimits")) {
@@ -428,6 +432,37 @@ fn environment(
         };
         out.push((name.to_string(), value));
     }
+}
+
+/// `max_rss = "300MB"` or `max_rss = { limit = "300MB", for = "1m", interval = "10s" }`.
+fn max_rss(program: &Table<'_, '_>, f: &Field<'_, '_>, sink: &mut Sink) -> Option<MaxRss> {
+    let mut m = MaxRss {
+        limit: 0,
+        for_: Duration::ZERO,
+        interval: Duration::from_secs(10),
+    };
+    if !matches!(f.get(), DeValue::Table(_)) {
+        m.limit = f.amount(sink, true, false)?.filter(|n| *n > 0)?;
+        return Some(m);
+    }
+    let t = f.table(sink, program.child_path("max_rss"))?;
+    t.check_keys(sink, &["limit", "for", "interval"]);
+    let Some(limit) = t.get("limit") else {
+        sink.error(&t.span, format!("missing key \"limit\" in {}", t.path));
+        return None;
+    };
+    m.limit = limit.amount(sink, true, false)?.unwrap_or(0);
+    if m.limit == 0 {
+        limit.error(sink, "\"limit\" must be greater than zero");
+        return None;
+    }
+    if let Some(v) = read(&t, sink, "for", |f, s| f.duration(s, false)) {
+        m.for_ = v;
+    }
+    if let Some(v) = read(&t, sink, "interval", |f, s| f.duration(s, true)) {
+        m.interval = v;
+    }
+    Some(m)
 }
 
 fn autorestart(f: &Field<'_, '_>, sink: &mut Sink) -> Option<AutoRestart> {
