@@ -1,8 +1,9 @@
 //! Resolution of the bridge's settings from the platform contract.
 //!
 //! Every value is looked up in this order, the first hit winning: the `[bridge]` table of the
-//! config file, the real process environment, then `$IOT2MQTT_PATH/.env` (`KEY=value` lines, `#`
-//! comments, parsed by `dotenvy`). Credentials additionally come from
+//! config file, the real process environment, then `$IOT2MQTT_PATH/.env` (raw `KEY=value` lines
+//! as the platform's web backend writes them, read by [`sv_core::envfile`]: no `$` expansion, no
+//! escapes; a malformed line is an error only when a setting needs it). Credentials additionally come from
 //! `$IOT2MQTT_SECRETS_DIR/{instance}_mqtt` (default `/run/secrets`, `username=` / `password=`
 //! lines), which ranks below the real environment and above `.env`.
 //!
@@ -10,6 +11,7 @@
 //! the instance file parsed); its `Debug` output never contains the password; every error names
 //! the variable or the file and position at fault.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sv_core::config::BridgeSection;
+use sv_core::envfile::EnvFile;
 
 /// The socket path used when neither `[bridge] socket` nor anything else says otherwise.
 pub fn default_socket_path() -> PathBuf {
@@ -304,14 +307,33 @@ pub enum SettingsError {
 /// Lookups in the three sources, in precedence order after the `[bridge]` table.
 struct Sources<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
-    dotenv: HashMap<String, String>,
+    dotenv: EnvFile,
     dotenv_path: PathBuf,
     secrets: HashMap<String, String>,
+    /// The first malformed `.env` line a lookup needed; it outranks any later error because it
+    /// is their cause (a missing `INSTANCE_NAME` because its line did not parse).
+    bad_line: RefCell<Option<SettingsError>>,
 }
 
 impl Sources<'_> {
     fn get(&self, name: &str) -> Option<String> {
-        (self.env)(name).or_else(|| self.dotenv.get(name).cloned())
+        (self.env)(name).or_else(|| self.dotenv_get(name))
+    }
+
+    /// `name` from `.env` only; a malformed line for it is remembered as the error to report.
+    fn dotenv_get(&self, name: &str) -> Option<String> {
+        match self.dotenv.get(name) {
+            Ok(v) => v.map(str::to_string),
+            Err(m) => {
+                self.bad_line
+                    .borrow_mut()
+                    .get_or_insert_with(|| SettingsError::EnvFile {
+                        path: self.dotenv_path.clone(),
+                        message: format!("{m} (defining {name})"),
+                    });
+                None
+            }
+        }
     }
 
     fn env_only(&self, name: &str) -> Option<String> {
@@ -343,47 +365,16 @@ fn parse_num<T: std::str::FromStr>(name: &str, v: &str, what: &str) -> Result<T,
     v.trim().parse().map_err(|_| invalid(name, v, what))
 }
 
-/// Reads `KEY=value` lines with `dotenvy`, positioned errors included.
-fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, SettingsError> {
-    let iter = match dotenvy::from_path_iter(path) {
-        Ok(it) => it,
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(HashMap::new());
-        }
-        Err(dotenvy::Error::Io(e)) => {
-            return Err(SettingsError::Read {
-                path: path.to_path_buf(),
-                source: e,
-            });
-        }
-        Err(e) => {
-            return Err(SettingsError::EnvFile {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            });
-        }
-    };
-    let mut out = HashMap::new();
-    for item in iter {
-        match item {
-            Ok((k, v)) => {
-                out.insert(k, v);
-            }
-            Err(dotenvy::Error::LineParse(line, index)) => {
-                return Err(SettingsError::EnvFile {
-                    path: path.to_path_buf(),
-                    message: format!("cannot parse {line:?} (at character {index})"),
-                });
-            }
-            Err(e) => {
-                return Err(SettingsError::EnvFile {
-                    path: path.to_path_buf(),
-                    message: e.to_string().to_lowercase(),
-                });
-            }
-        }
+/// Reads `.env` the platform's way ([`EnvFile`]); a missing file defines nothing.
+fn read_dotenv(path: &Path) -> Result<EnvFile, SettingsError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(EnvFile::parse(&bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(EnvFile::default()),
+        Err(e) => Err(SettingsError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        }),
     }
-    Ok(out)
 }
 
 /// Reads `username=` / `password=` lines; a missing file is no error.
@@ -591,7 +582,21 @@ impl Settings {
             dotenv,
             dotenv_path,
             secrets: HashMap::new(),
+            bad_line: RefCell::new(None),
         };
+        let resolved = Self::resolve_from(section, &mut src, iot2mqtt_path);
+        match src.bad_line.take() {
+            Some(e) => Err(e),
+            None => resolved,
+        }
+    }
+
+    fn resolve_from(
+        section: &BridgeSection,
+        src: &mut Sources<'_>,
+        iot2mqtt_path: PathBuf,
+    ) -> Result<Settings, SettingsError> {
+        let env = src.env;
 
         let instance = match section.instance.clone() {
             Some(i) => i,
@@ -654,7 +659,7 @@ impl Settings {
             .clone()
             .or_else(|| env("MQTT_USERNAME"))
             .or_else(|| src.secrets.get("username").cloned())
-            .or_else(|| src.dotenv.get("MQTT_USERNAME").cloned())
+            .or_else(|| src.dotenv_get("MQTT_USERNAME"))
             .filter(|u| !u.is_empty());
         let password = match (&section.password, &section.password_file) {
             (Some(p), _) => Some(p.clone()),
@@ -669,7 +674,7 @@ impl Settings {
             ),
             (None, None) => env("MQTT_PASSWORD")
                 .or_else(|| src.secrets.get("password").cloned())
-                .or_else(|| src.dotenv.get("MQTT_PASSWORD").cloned()),
+                .or_else(|| src.dotenv_get("MQTT_PASSWORD")),
         }
         .filter(|p| !p.is_empty())
         .map(Secret::new);
@@ -748,7 +753,7 @@ impl Settings {
             .get_nonempty("MODE")
             .unwrap_or_else(|| "production".to_string());
 
-        let ha_discovery = ha_discovery(&src, &instance_config)?;
+        let ha_discovery = ha_discovery(src, &instance_config)?;
 
         let tls = if tls_on {
             Some(load_tls(
@@ -1046,15 +1051,49 @@ mod tests {
     }
 
     #[test]
-    fn malformed_dotenv_is_reported_with_its_path() {
+    fn malformed_dotenv_lines_fail_only_settings_that_need_them() {
         let d = app();
         let path = d.path().to_str().unwrap().to_string();
-        std::fs::write(d.path().join(".env"), "GOOD=1\nBAD LINE 'unterminated\n").unwrap();
         let env = env_of(&[("IOT2MQTT_PATH", &path), ("INSTANCE_NAME", "i")]);
-        let e = Settings::resolve(&BridgeSection::default(), &env)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(".env"), "{e}");
+        std::fs::write(
+            d.path().join(".env"),
+            "GOOD=1\nBAD LINE 'unterminated\nMQTT_PASSWORD=pa$s w0rd#1\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(&BridgeSection::default(), &env).unwrap();
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("pa$s w0rd#1"));
+
+        let error_for = |text: &str, env: &dyn Fn(&str) -> Option<String>| {
+            std::fs::write(d.path().join(".env"), text).unwrap();
+            Settings::resolve(&BridgeSection::default(), env)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error_for("# c\nMQTT_PORT 1883\n", &env);
+        assert!(
+            e.contains(".env: line 2: expected KEY=value (defining MQTT_PORT)"),
+            "{e}"
+        );
+        // A needed key whose line is malformed is the cause, not "INSTANCE_NAME is not set".
+        let e = error_for("INSTANCE_NAME inst\n", &env_of(&[("IOT2MQTT_PATH", &path)]));
+        assert!(
+            e.contains(".env: line 1: expected KEY=value (defining INSTANCE_NAME)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_real_environment_hides_a_malformed_dotenv_line() {
+        let d = app();
+        let path = d.path().to_str().unwrap().to_string();
+        std::fs::write(d.path().join(".env"), "MQTT_PASSWORD secret\n").unwrap();
+        let env = env_of(&[
+            ("IOT2MQTT_PATH", &path),
+            ("INSTANCE_NAME", "i"),
+            ("MQTT_PASSWORD", "from-env"),
+        ]);
+        let s = Settings::resolve(&BridgeSection::default(), &env).unwrap();
+        assert_eq!(s.password.as_ref().map(Secret::expose), Some("from-env"));
     }
 
     #[test]

@@ -157,6 +157,8 @@ fn family(
 /// - `iot2mqtt_sv_program_log_file_dropped_lines_total{program}`: only programs with a `log_file`;
 /// - `iot2mqtt_sv_program_scheduled_runs_total`, `…_failed_runs_total`, `…_skipped_runs_total`
 ///   `{program}`: only scheduled programs;
+/// - `iot2mqtt_sv_program_restart_limit_failures{program}`: only with `restart_limit`;
+/// - `iot2mqtt_sv_program_memory_restarts_total{program}`: only with `max_rss`;
 /// - `iot2mqtt_sv_healthy`: 1 or 0.
 pub fn metrics_text(snap: &Snapshot) -> String {
     let mut out = String::new();
@@ -224,6 +226,25 @@ pub fn metrics_text(snap: &Snapshot) -> String {
         "Liveness probe and watchdog failures of each program since the supervisor started.",
         &per_program(&|p| Some(p.probe_failures.to_string())),
     );
+    // Families of opt-in keys: absent unless some program sets the key.
+    for (name, kind, help, samples) in [
+        (
+            "iot2mqtt_sv_program_memory_restarts_total",
+            "counter",
+            "Restarts of each program because its resident memory stayed above max_rss.",
+            per_program(&|p| p.memory_restarts.map(|n| n.to_string())),
+        ),
+        (
+            "iot2mqtt_sv_program_restart_limit_failures",
+            "gauge",
+            "Automatic restarts inside the program's restart_limit window.",
+            per_program(&|p| p.restart_limit_failures.map(|n| n.to_string())),
+        ),
+    ] {
+        if !samples.is_empty() {
+            family(&mut out, name, kind, help, &samples);
+        }
+    }
     family(
         &mut out,
         "iot2mqtt_sv_program_log_file_dropped_lines_total",
@@ -501,6 +522,8 @@ mod tests {
             probe_failures: 1,
             log_file_dropped_lines: None,
             schedule: None,
+            restart_limit_failures: None,
+            memory_restarts: None,
         }
     }
 
@@ -553,6 +576,28 @@ mod tests {
         assert_eq!(doc["status"], "fail");
         assert_eq!(doc["output"], "supervisor loop not responding");
         assert!(doc["checks"].as_object().is_some_and(|m| m.is_empty()));
+    }
+
+    #[test]
+    fn memory_and_restart_limit_families_appear_only_for_programs_that_set_them() {
+        let plain = snapshot(vec![program("web", "RUNNING", true)], true, "ok");
+        let text = metrics_text(&plain);
+        assert!(!text.contains("memory_restarts") && !text.contains("restart_limit"));
+        let mut leaky = program("leaky", "RUNNING", true);
+        leaky.memory_restarts = Some(2);
+        leaky.restart_limit_failures = Some(1);
+        let text = metrics_text(&snapshot(vec![leaky], true, "ok"));
+        for want in [
+            "# TYPE iot2mqtt_sv_program_memory_restarts_total counter",
+            r#"iot2mqtt_sv_program_memory_restarts_total{program="leaky"} 2"#,
+            "# TYPE iot2mqtt_sv_program_restart_limit_failures gauge",
+            r#"iot2mqtt_sv_program_restart_limit_failures{program="leaky"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == want),
+                "missing {want:?} in\n{text}"
+            );
+        }
     }
 
     #[test]

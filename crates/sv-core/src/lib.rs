@@ -7,6 +7,7 @@
 //!
 //! - [`config`]: the TOML config model, parsed in two stages (spanned raw tree → validated
 //!   [`config::Config`]) with every error collected and positioned.
+//! - [`envfile`]: `.env` files read the way the IoT2MQTT platform writes them (raw `KEY=value`).
 //! - [`signal`]: signal names and numbers as the config and the control protocol spell them.
 //! - [`backoff`]: capped exponential restart backoff with jitter and a stability reset.
 //! - [`machine`]: the supervisor state machine: facts in, commands out.
@@ -14,6 +15,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod envfile;
 pub mod health;
 pub mod machine;
 pub mod notify;

@@ -158,6 +158,13 @@ pub enum Input {
     StopRequested(ProgramId),
     /// Control: stop then start a program, resetting its retry count.
     RestartRequested(ProgramId),
+    /// Answer to [`Action::SampleRss`]: `pid`'s resident memory in bytes (`None`: unreadable,
+    /// the process is gone).
+    RssSampled {
+        program: ProgramId,
+        pid: i32,
+        rss: Option<u64>,
+    },
 }
 
 /// Commands for the runtime.
@@ -180,6 +187,8 @@ pub enum Action {
         pid: i32,
         kind: ProbeKind,
     },
+    /// Read the resident memory of `pid` (`max_rss`); answer with [`Input::RssSampled`].
+    SampleRss { program: ProgramId, pid: i32 },
     /// Send `signal` to every remaining descendant (orphans) after the programs stopped.
     SignalOrphans(crate::signal::Signal),
     /// Exit the supervisor with this code. The last action ever emitted.
@@ -274,6 +283,12 @@ pub struct ProgramStatus {
     /// in by the runtime, which owns the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_file_dropped_lines: Option<u64>,
+    /// With `restart_limit`: automatic restarts inside the current window (FATAL above `burst`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_limit_failures: Option<u32>,
+    /// With `max_rss`: restarts because resident memory stayed above the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_restarts: Option<u64>,
 }
 
 /// The whole supervisor as `status` and `health` see it.
@@ -338,6 +353,12 @@ struct Prog {
     /// The kind of the probe the runtime is running now, if any.
     probe_in_flight: Option<ProbeKind>,
     watchdog_deadline: Option<Instant>,
+    /// With `restart_limit`: when each automatic restart inside the window happened.
+    recent_failures: VecDeque<Instant>,
+    /// With `max_rss`: the next `/proc` sample, and since when samples are above the limit.
+    next_rss_check: Option<Instant>,
+    rss_over_since: Option<Instant>,
+    memory_restarts: u64,
 }
 
 impl Prog {
@@ -367,6 +388,10 @@ impl Prog {
             next_probe: None,
             probe_in_flight: None,
             watchdog_deadline: None,
+            recent_failures: VecDeque::new(),
+            next_rss_check: None,
+            rss_over_since: None,
+            memory_restarts: 0,
         }
     }
 
@@ -381,6 +406,8 @@ impl Prog {
         self.next_probe = None;
         self.probe_in_flight = None;
         self.watchdog_deadline = None;
+        self.next_rss_check = None;
+        self.rss_over_since = None;
     }
 }
 
@@ -582,6 +609,7 @@ impl Machine {
                 p.next_probe
             });
             consider(p.watchdog_deadline);
+            consider(p.next_rss_check);
         }
         consider(self.next_schedule_due());
         match self.phase {
@@ -716,6 +744,7 @@ impl Machine {
                     p.reason = Some("stopped by request".into());
                 }
             }
+            Input::RssSampled { program, pid, rss } => self.on_rss(now, program, pid, rss),
             Input::RestartRequested(id) => {
                 if self.phase != Phase::Running {
                     return;
@@ -798,6 +827,17 @@ impl Machine {
                     });
                 } else {
                     self.progs[i].next_probe = None;
+                }
+            }
+            if due(self.progs[i].next_rss_check) {
+                let p = &mut self.progs[i];
+                p.next_rss_check = None;
+                if let (Some(pid), Some(m), State::Starting | State::Running) =
+                    (p.pid, self.cfg[i].max_rss, p.state)
+                {
+                    p.next_rss_check = Some(now + m.interval);
+                    self.actions
+                        .push_back(Action::SampleRss { program: id, pid });
                 }
             }
             if due(self.progs[i].watchdog_deadline) {
@@ -905,6 +945,15 @@ impl Machine {
                     probe_failures: p.probe_failures,
                     schedule: self.schedule_status(id),
                     log_file_dropped_lines: None,
+                    restart_limit_failures: c.restart_limit.map(|l| {
+                        let inside = p
+                            .recent_failures
+                            .iter()
+                            .filter(|t| now.saturating_duration_since(**t) < l.within)
+                            .count();
+                        u32::try_from(inside).unwrap_or(u32::MAX)
+                    }),
+                    memory_restarts: c.max_rss.map(|_| p.memory_restarts),
                 }
             })
             .collect();
@@ -1026,6 +1075,7 @@ impl Machine {
             p.restarts += 1;
         }
         p.ever_spawned = true;
+        p.next_rss_check = c.max_rss.map(|m| now + m.interval);
         self.events.push_back(Event::Spawned { program: id, pid });
         if let Some(intent) = p.stop_intent.clone() {
             // Stopped while the spawn was being carried out: stop the new process right away.
@@ -1281,6 +1331,7 @@ impl Machine {
                 p.state = State::Stopped;
                 p.failures = 0;
                 p.attempt = 0;
+                p.recent_failures.clear();
                 self.try_start_all(now);
                 return;
             }
@@ -1316,26 +1367,40 @@ impl Machine {
                 (false, format!("exited with {what}"))
             }
         };
+        // Every automatic restart counts against `restart_limit`, failed start or not; it is
+        // checked before `startretries`, which counts only failed starts in a row.
+        let over_limit = c.restart_limit.and_then(|l| {
+            let recent = &mut p.recent_failures;
+            recent.push_back(now);
+            while recent
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= l.within)
+            {
+                recent.pop_front();
+            }
+            (recent.len() > l.burst as usize).then(|| {
+                format!(
+                    "{reason}; gave up: more than {} restarts within {:?} (restart_limit)",
+                    l.burst, l.within
+                )
+            })
+        });
         if is_failed_start {
             p.failures += 1;
             self.events.push_back(Event::StartFailed {
                 program: id,
                 reason: reason.clone(),
             });
+        }
+        if let Some(why) = over_limit {
+            self.give_up(now, id, why, code);
+            return;
+        }
+        if is_failed_start {
             let p = &mut self.progs[id.0];
             if p.failures > c.startretries {
-                p.state = State::Fatal;
-                p.want_running = false;
                 let why = format!("{reason}; gave up after {} failed starts", p.failures);
-                p.reason = Some(why.clone());
-                self.events.push_back(Event::Fatal {
-                    program: id,
-                    reason: why,
-                });
-                if c.critical {
-                    let reason = format!("critical program {} is FATAL", c.name);
-                    self.request_shutdown(now, if code == 0 { 1 } else { code }, reason);
-                }
+                self.give_up(now, id, why, code);
                 return;
             }
             let attempt = p.failures - 1;
@@ -1348,6 +1413,55 @@ impl Machine {
             let attempt = p.attempt;
             p.attempt = p.attempt.saturating_add(1);
             self.enter_backoff(now, id, attempt, reason);
+        }
+    }
+
+    /// The memmon rule: restart once every sample for `for` was above `limit`.
+    fn on_rss(&mut self, now: Instant, id: ProgramId, pid: i32, rss: Option<u64>) {
+        let Some(m) = self.cfg[id.0].max_rss else {
+            return;
+        };
+        let p = &mut self.progs[id.0];
+        if p.pid != Some(pid) || !matches!(p.state, State::Starting | State::Running) {
+            return;
+        }
+        let Some(rss) = rss.filter(|r| *r > m.limit) else {
+            p.rss_over_since = None;
+            return;
+        };
+        let since = *p.rss_over_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < m.for_ {
+            return;
+        }
+        p.memory_restarts += 1;
+        let reason = format!(
+            "resident memory {} MiB above max_rss {} MiB for {:?}: restarting",
+            rss >> 20,
+            m.limit >> 20,
+            m.for_
+        );
+        self.events.push_back(Event::Unhealthy {
+            program: id,
+            pid,
+            reason: reason.clone(),
+        });
+        self.begin_stop(now, id, StopIntent::Unhealthy(reason.clone()), reason);
+    }
+
+    /// FATAL with `why`; for a critical program the supervisor shuts down with `code`.
+    fn give_up(&mut self, now: Instant, id: ProgramId, why: String, code: i32) {
+        let p = &mut self.progs[id.0];
+        p.state = State::Fatal;
+        p.want_running = false;
+        p.reason = Some(why.clone());
+        self.events.push_back(Event::Fatal {
+            program: id,
+            reason: why,
+        });
+        let c = &self.cfg[id.0];
+        if c.critical {
+            let reason = format!("critical program {} is FATAL", c.name);
+            self.request_shutdown(now, if code == 0 { 1 } else { code }, reason);
         }
     }
 
@@ -1376,6 +1490,8 @@ impl Machine {
             State::Stopped | State::Exited | State::Fatal | State::Backoff => {
                 p.failures = 0;
                 p.attempt = 0;
+                // An operator's start is a fresh budget, as `systemctl reset-failed`.
+                p.recent_failures.clear();
                 p.clear_timers();
                 p.state = State::Stopped;
                 p.completed = false;

@@ -146,7 +146,7 @@ fn wrong_types_name_the_expected_and_found_type() {
     );
     assert_eq!(
         program_error("environment = { A = [1] }"),
-        "3:21: \"A\" must be a string, number or boolean, found an array"
+        "3:21: \"A\" must be a string, number, boolean or { file = \"/path\" }, found an array"
     );
     assert_eq!(
         program_error("exitcodes = [0, \"1\"]"),
@@ -610,5 +610,83 @@ fn schedule_errors_point_at_the_key_or_value() {
         program_error("every = \"1m\"\nautorestart = true"),
         "4:1: \"autorestart\" does not apply to a scheduled program: runs are started by the \
          schedule (or \"run_on_start\", or `start`), and a failed run waits for the next one"
+    );
+}
+
+#[test]
+fn env_file_and_secret_files_are_checked_with_positions() {
+    assert_eq!(
+        program_error("env_file = \"app.env\""),
+        "3:12: \"env_file\" paths must be absolute, found \"app.env\" (the working directory of PID 1 is rarely what you expect)"
+    );
+    assert_eq!(
+        program_error("env_file = 5"),
+        "3:12: \"env_file\" must be a path or an array of paths, found an integer"
+    );
+    assert_eq!(
+        program_error("environment = { PW = { fil = \"/run/secrets/pw\" } }"),
+        "3:24: unknown key \"fil\" in environment \"PW\", did you mean \"file\"?"
+    );
+    assert_eq!(
+        program_error("environment = { PW = { file = [\"/a\"] } }"),
+        "3:31: \"file\" must be a path, found an array"
+    );
+    let e =
+        errors("[supervisor]\nenv_file = [\"/app/.env\", \"rel\"]\n[program.a]\ncommand = \"a\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("2:26: \"env_file\" paths must be absolute"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn rlimits_and_minfds_are_checked_with_positions() {
+    assert_eq!(
+        program_error("rlimits = { nofile = \"many\" }"),
+        "3:22: \"nofile\" must be an integer or \"unlimited\", found a string"
+    );
+    assert_eq!(
+        program_error("rlimits = { stack = \"8 parsecs\" }"),
+        "3:21: invalid size \"8 parsecs\" for \"stack\": expected bytes or a number with K, M, G or T (\"300MB\") or \"unlimited\""
+    );
+    assert_eq!(
+        program_error("rlimits = { nofiles = 10 }"),
+        "3:13: unknown key \"nofiles\" in [program.web.rlimits], did you mean \"nofile\"?"
+    );
+    let e = errors("[supervisor]\nminfds = 0\n[program.a]\ncommand = \"a\"\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("2:10: "), "{e:?}");
+}
+
+#[test]
+fn restart_limit_is_checked_with_positions() {
+    assert_eq!(
+        program_error("restart_limit = { burst = 0, within = \"60s\" }"),
+        "3:27: \"burst\" must be between 1 and 4294967295, found 0"
+    );
+    assert_eq!(
+        program_error("restart_limit = { burst = 5 }"),
+        "3:17: missing key \"within\" in [program.web.restart_limit]"
+    );
+}
+
+#[test]
+fn max_rss_is_checked_with_positions() {
+    assert_eq!(
+        program_error("max_rss = \"lots\""),
+        "3:11: invalid size \"lots\" for \"max_rss\": expected bytes or a number with K, M, G or T (\"300MB\")"
+    );
+    assert_eq!(
+        program_error("max_rss = { limit = \"300MB\", for = \"soon\" }"),
+        "3:36: invalid duration \"soon\" for \"for\": expected seconds as a number, or a string like \"500ms\", \"1.5s\", \"2m\", \"1h30m\""
+    );
+    assert_eq!(
+        program_error("max_rss = { for = \"1m\" }"),
+        "3:11: missing key \"limit\" in [program.web.max_rss]"
+    );
+    assert_eq!(
+        program_error("max_rss = { limit = 0 }"),
+        "3:21: \"limit\" must be greater than zero"
     );
 }

@@ -53,6 +53,10 @@ struct World {
     exit_code: Option<i32>,
     exit_at: Option<Instant>,
     probe_results: HashMap<String, Result<(), String>>,
+    /// Resident memory each program reports to `max_rss` samples (default 0).
+    rss: HashMap<String, u64>,
+    /// When each `max_rss` sample was asked for.
+    rss_samples: Vec<Instant>,
 }
 
 impl World {
@@ -73,6 +77,8 @@ impl World {
             exit_code: None,
             exit_at: None,
             probe_results: HashMap::new(),
+            rss: HashMap::new(),
+            rss_samples: Vec::new(),
         }
     }
 
@@ -174,6 +180,18 @@ impl World {
                             pid,
                             kind: ProbeKind::Liveness,
                             result: r,
+                        },
+                    );
+                }
+                Action::SampleRss { program, pid } => {
+                    self.rss_samples.push(self.now);
+                    let rss = self.rss.get(&self.name(program)).copied().unwrap_or(0);
+                    self.m.handle(
+                        self.now,
+                        Input::RssSampled {
+                            program,
+                            pid,
+                            rss: Some(rss),
                         },
                     );
                 }
@@ -280,12 +298,12 @@ fn dependency_waits_for_ready_and_completed() {
         ("broker".into(), DependencyCondition::Ready),
         ("gen".into(), DependencyCondition::Completed),
     ];
-    let mut w = World::new(config(vec![setup, broker, app]));
-    w.crash.insert(
-        "gen".into(),
-        (Duration::from_millis(300), ExitStatus::Code(0)),
+    let mut w = booted_crashing(
+        vec![setup, broker, app],
+        "gen",
+        Duration::from_millis(300),
+        ExitStatus::Code(0),
     );
-    w.boot();
     assert!(!w.spawns.iter().any(|(_, n)| n == "app"), "app must wait");
     let snap = w.m.snapshot(w.now);
     let app = snap.programs.iter().find(|p| p.name == "app").unwrap();
@@ -309,12 +327,12 @@ fn dependency_waits_for_ready_and_completed() {
 fn failed_starts_back_off_exponentially_then_fatal_and_critical_exit_code() {
     let mut p = prog("flaky");
     p.startretries = 3;
-    let mut w = World::new(config(vec![p, prog("other")]));
-    w.crash.insert(
-        "flaky".into(),
-        (Duration::from_millis(10), ExitStatus::Code(3)),
+    let mut w = booted_crashing(
+        vec![p, prog("other")],
+        "flaky",
+        Duration::from_millis(10),
+        ExitStatus::Code(3),
     );
-    w.boot();
     w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
     assert_eq!(w.exit_code, Some(3));
     let starts: Vec<Instant> = w
@@ -611,12 +629,12 @@ fn expected_exit_without_restart_is_exited_and_healthy() {
     let mut p = prog("oneshot");
     p.autorestart = AutoRestart::Unexpected;
     p.startsecs = Duration::ZERO;
-    let mut w = World::new(config(vec![p]));
-    w.crash.insert(
-        "oneshot".into(),
-        (Duration::from_millis(5), ExitStatus::Code(0)),
+    let mut w = booted_crashing(
+        vec![p],
+        "oneshot",
+        Duration::from_millis(5),
+        ExitStatus::Code(0),
     );
-    w.boot();
     w.run_until(Duration::from_secs(5), |w| {
         w.state("oneshot") == State::Exited
     });
@@ -629,12 +647,12 @@ fn critical_unexpected_exit_without_restart_exits_with_its_code() {
     let mut p = prog("main");
     p.autorestart = AutoRestart::Never;
     p.startsecs = Duration::ZERO;
-    let mut w = World::new(config(vec![p]));
-    w.crash.insert(
-        "main".into(),
-        (Duration::from_millis(5), ExitStatus::Signaled(11)),
+    let mut w = booted_crashing(
+        vec![p],
+        "main",
+        Duration::from_millis(5),
+        ExitStatus::Signaled(11),
     );
-    w.boot();
     w.run_until(Duration::from_secs(20), |w| w.exit_code.is_some());
     assert_eq!(w.exit_code, Some(139));
 }
@@ -1122,4 +1140,176 @@ fn a_run_that_cannot_be_spawned_is_a_failed_run_and_the_next_one_still_comes() {
     });
     assert_eq!((w.now - w.start).as_secs(), 20);
     assert!(w.exit_code.is_none());
+}
+
+/// A booted world where program `name` exits with `status` after running for `run`.
+fn booted_crashing(
+    programs: Vec<ProgramConfig>,
+    name: &str,
+    run: Duration,
+    status: ExitStatus,
+) -> World {
+    let mut w = World::new(config(programs));
+    w.crash.insert(name.into(), (run, status));
+    w.boot();
+    w
+}
+
+/// A program that becomes READY (so `startretries` never trips) and then crashes after `run`.
+fn crashing_after(run: Duration, limit: Option<RestartLimit>) -> World {
+    let mut p = prog("leaky");
+    p.backoff.jitter = 0.0;
+    p.backoff.max = Duration::from_secs(1);
+    p.restart_limit = limit;
+    booted_crashing(vec![p, prog("other")], "leaky", run, ExitStatus::Code(5))
+}
+
+fn leaky_starts(w: &World) -> usize {
+    w.spawns.iter().filter(|(_, n)| n == "leaky").count()
+}
+
+#[test]
+fn restart_limit_makes_a_program_fatal_after_burst_restarts_within_the_window() {
+    let limit = RestartLimit {
+        burst: 3,
+        within: Duration::from_secs(60),
+    };
+    let mut w = crashing_after(Duration::from_secs(2), Some(limit));
+    w.run_until(Duration::from_secs(600), |w| w.exit_code.is_some());
+    // Critical: the container exits with the program's code.
+    assert_eq!(w.exit_code, Some(5));
+    assert_eq!(w.state("leaky"), State::Fatal);
+    assert_eq!(
+        leaky_starts(&w),
+        4,
+        "1 start + 3 restarts, the 4th crash exceeds the burst"
+    );
+    let snap = w.m.snapshot(w.now);
+    let leaky = snap.programs.iter().find(|p| p.name == "leaky").unwrap();
+    assert!(
+        leaky
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("more than 3 restarts within 60s (restart_limit)"),
+        "{leaky:?}"
+    );
+    assert_eq!(leaky.restart_limit_failures, Some(4));
+    let other = snap.programs.iter().find(|p| p.name == "other").unwrap();
+    assert_eq!(other.restart_limit_failures, None);
+
+    // The same program without a restart_limit restarts forever: startretries counts only
+    // failed starts in a row, and every start here succeeded.
+    let mut w = crashing_after(Duration::from_secs(2), None);
+    w.run_until(Duration::from_secs(600), |w| leaky_starts(w) > 50);
+    assert_eq!(w.exit_code, None);
+}
+
+#[test]
+fn restart_limit_window_slides_so_spaced_out_crashes_never_give_up() {
+    let limit = RestartLimit {
+        burst: 1,
+        within: Duration::from_secs(60),
+    };
+    // One crash every ~70 s: never two inside a 60 s window.
+    let mut w = crashing_after(Duration::from_secs(70), Some(limit));
+    w.run_until(Duration::from_secs(1000), |w| leaky_starts(w) >= 10);
+    assert_eq!(w.exit_code, None);
+    assert_ne!(w.state("leaky"), State::Fatal);
+    // One crash every ~40 s: the second lands inside the window of the first.
+    let mut w = crashing_after(Duration::from_secs(40), Some(limit));
+    w.run_until(Duration::from_secs(1000), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(5));
+    assert_eq!(leaky_starts(&w), 2);
+}
+
+#[test]
+fn restart_limit_also_counts_failed_starts_before_startretries() {
+    let mut p = prog("flaky");
+    p.startretries = 10;
+    p.restart_limit = Some(RestartLimit {
+        burst: 2,
+        within: Duration::from_secs(60),
+    });
+    let mut w = booted_crashing(
+        vec![p],
+        "flaky",
+        Duration::from_millis(10),
+        ExitStatus::Code(3),
+    );
+    w.run_until(Duration::from_secs(60), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(3));
+    assert_eq!(
+        w.spawns.len(),
+        3,
+        "gave up at the 3rd failure, not after 11"
+    );
+}
+
+fn with_max_rss(for_: Duration) -> World {
+    let mut p = prog("leaky");
+    p.max_rss = Some(MaxRss {
+        limit: 300 << 20,
+        for_,
+        interval: Duration::from_secs(10),
+    });
+    let mut w = World::new(config(vec![p, prog("plain")]));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.state("leaky") == State::Running
+    });
+    w
+}
+
+fn memory_restarts(w: &World, name: &str) -> Option<u64> {
+    let snap = w.m.snapshot(w.now);
+    snap.programs
+        .iter()
+        .find(|p| p.name == name)
+        .and_then(|p| p.memory_restarts)
+}
+
+#[test]
+fn max_rss_restarts_only_after_the_memory_stayed_above_the_limit_for_the_whole_period() {
+    let mut w = with_max_rss(Duration::from_secs(60));
+    let t0 = w.now;
+    // Below the limit: sampled every interval, never restarted.
+    w.run_until(Duration::from_secs(100), |w| w.rss_samples.len() >= 5);
+    assert_eq!(w.spawns.iter().filter(|(_, n)| n == "leaky").count(), 1);
+    // Above, then briefly below: the period starts again.
+    w.rss.insert("leaky".into(), 400 << 20);
+    let n = w.rss_samples.len();
+    w.run_until(Duration::from_secs(100), |w| w.rss_samples.len() >= n + 3);
+    w.rss.insert("leaky".into(), 100 << 20);
+    let n = w.rss_samples.len();
+    w.run_until(Duration::from_secs(100), |w| w.rss_samples.len() > n);
+    assert_eq!(memory_restarts(&w, "leaky"), Some(0));
+    // Above for 60 s: restarted, counted, and the cause is in the reason.
+    w.rss.insert("leaky".into(), 400 << 20);
+    let above_from = w.now;
+    w.run_until(Duration::from_secs(200), |w| {
+        w.spawns.iter().filter(|(_, n)| n == "leaky").count() == 2
+    });
+    assert!(w.now - above_from >= Duration::from_secs(60));
+    assert_eq!(memory_restarts(&w, "leaky"), Some(1));
+    let stopped_for = w.signals.iter().filter(|(_, n, _)| n == "leaky").count();
+    assert_eq!(stopped_for, 1, "one stop signal for the restart");
+    // A program without max_rss is never sampled and shows no counter.
+    assert_eq!(memory_restarts(&w, "plain"), None);
+    assert!(w.rss_samples.iter().all(|t| *t > t0));
+}
+
+#[test]
+fn without_max_rss_there_is_no_sampling_timer() {
+    let mut w = World::new(config(vec![prog("plain")]));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| {
+        w.state("plain") == State::Running
+    });
+    assert_eq!(
+        w.m.poll_timeout(),
+        None,
+        "an idle supervisor never wakes up"
+    );
+    assert!(w.rss_samples.is_empty());
 }

@@ -65,6 +65,9 @@ pub(crate) fn render(doc: &Doc, loaded: &Loaded) -> String {
         );
     }
     out.push_str("\n[supervisor]\n");
+    for (k, v) in &doc.supervisor_keys {
+        let _ = writeln!(out, "{k} = {}", value(v));
+    }
     for note in &doc.global {
         let _ = writeln!(out, "{}", note_line(note, &rel));
     }

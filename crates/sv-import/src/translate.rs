@@ -81,6 +81,8 @@ pub(crate) struct Doc {
     pub container_output: bool,
     /// Whether `[supervisord] environment` was merged into the programs.
     pub merged_global_env: bool,
+    /// `[supervisor]` keys with a direct equivalent (`minfds`, `minprocs`).
+    pub supervisor_keys: Vec<(&'static str, Val)>,
     /// The files read, main first, to order warnings by.
     pub files: Vec<PathBuf>,
 }
@@ -340,14 +342,20 @@ fn supervisord_section(
                 "[supervisord] directory={value}: supervisord changes to it only when \
                  daemonizing; set `directory` on the programs that need it"
             )),
-            "minfds" => Some(format!(
-                "[supervisord] minfds={value}: not a supervisor setting here; raise the limit \
-                 for the container instead (docker run --ulimit nofile={value})"
-            )),
-            "minprocs" => Some(format!(
-                "[supervisord] minprocs={value}: not a supervisor setting here; raise the limit \
-                 for the container instead (docker run --ulimit nproc={value})"
-            )),
+            key @ ("minfds" | "minprocs") => match value.trim().parse::<i64>() {
+                Ok(n) if n >= 1 => {
+                    let key = if key == "minfds" {
+                        "minfds"
+                    } else {
+                        "minprocs"
+                    };
+                    doc.supervisor_keys.push((key, Val::Int(n)));
+                    None
+                }
+                _ => Some(format!(
+                    "[supervisord] {key}={value}: not a positive integer, not imported"
+                )),
+            },
             "strip_ansi" => Some(format!(
                 "[supervisord] strip_ansi={value}: not supported; program output is passed \
                  through unchanged"

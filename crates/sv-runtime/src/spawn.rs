@@ -7,10 +7,12 @@
 //!   supervisor ignores or blocks (std resets only SIGPIPE and keeps the parent's mask);
 //! - inherits no descriptor but 0, 1 and 2: every fd ≥ 3 is marked close-on-exec in the child, so
 //!   descriptors opened by any thread without `O_CLOEXEC` never leak into a program;
-//! - gets, in this order, its umask, its user (supplementary groups, then gid, then uid), its
+//! - gets, in this order, its `rlimits` (before the user switch, which drops the privilege to
+//!   raise a hard limit), its umask, its user (supplementary groups, then gid, then uid), its
 //!   working directory (entered as the new user, as supervisord does) and its environment:
-//!   the supervisor's, then HOME/USER/LOGNAME of `user`, then `environment`, then the caller's
-//!   extra variables (later wins).
+//!   the supervisor's, then its `env_file`s (only for variables the supervisor does not have),
+//!   then HOME/USER/LOGNAME of `user`, then `environment` (secrets from files included), then
+//!   the caller's extra variables (later wins).
 //!
 //! Nothing here waits for a child: exit statuses belong to the one reaper ([`crate::reap`]), and
 //! the `std::process::Child` is dropped at once (dropping neither waits nor kills). The one
@@ -98,8 +100,20 @@ pub fn spawn_as(req: SpawnRequest<'_>, user: Option<&ResolvedUser>) -> Result<i3
     let program = req.program;
     let mut setup = ChildSetup::base();
     setup.umask = program.umask.map(|m| (m & 0o7777) as libc::mode_t);
+    setup.rlimits = program
+        .rlimits
+        .iter()
+        .map(|&(limit, value)| {
+            let v = value.map_or(libc::RLIM_INFINITY, |v| v as libc::rlim_t);
+            let rl = libc::rlimit {
+                rlim_cur: v,
+                rlim_max: v,
+            };
+            (crate::rlimits::resource(limit) as _, rl, limit.key())
+        })
+        .collect();
 
-    let mut env: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = env_from_files(program)?;
     if let (Some(_), Some(user)) = (&program.user, user) {
         env.push(("HOME".into(), user.home.clone()));
         env.push(("USER".into(), user.name.clone()));
@@ -107,6 +121,7 @@ pub fn spawn_as(req: SpawnRequest<'_>, user: Option<&ResolvedUser>) -> Result<i3
         setup.ids = user.switch.clone();
     }
     env.extend(program.environment.iter().cloned());
+    env.extend(secret_env(program)?);
     env.extend(req.extra_env.iter().cloned());
 
     if let Some(dir) = &program.directory {
@@ -120,6 +135,71 @@ pub fn spawn_as(req: SpawnRequest<'_>, user: Option<&ResolvedUser>) -> Result<i3
     }
 
     launch(&program.command, &env, setup, req.stdout, req.stderr)
+}
+
+/// The variables of the program's `env_file`s (in order, later files winning), minus those the
+/// supervisor's own environment already has: the platform's rule that real variables win over
+/// `.env`, so a program sees the values the bridge sees. Read at every spawn, so an edited file
+/// applies at the next start. A malformed line is skipped with a warning naming the line (the
+/// platform's own reader skips it too); a missing or unreadable file is a failed start.
+fn env_from_files(program: &ProgramConfig) -> Result<Vec<(String, String)>, SpawnError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for path in &program.env_files {
+        let bytes = std::fs::read(path).map_err(|e| {
+            SpawnError::other(format!("env_file {}: {}", path.display(), os_reason(&e)))
+        })?;
+        let file = sv_core::envfile::EnvFile::parse(&bytes);
+        for (_, m) in file.malformed() {
+            tracing::warn!(program = %program.name, "env_file {}: {m}: line skipped", path.display());
+        }
+        for (k, v) in file.vars() {
+            if std::env::var_os(k).is_none() {
+                out.retain(|(o, _)| o != k);
+                out.push((k.to_string(), v.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `NAME = { file = "..." }` entries: read here, in the parent, right before the fork, and handed
+/// to this child's `Command` only, so the value never enters the supervisor's own environment,
+/// its logs or its status. Errors name the variable and the file, never the content.
+fn secret_env(program: &ProgramConfig) -> Result<Vec<(String, String)>, SpawnError> {
+    program
+        .secret_env
+        .iter()
+        .map(|(name, path)| {
+            let fail = |why: String| {
+                SpawnError::other(format!(
+                    "environment {name}: file {}: {why}",
+                    path.display()
+                ))
+            };
+            let bytes = std::fs::read(path).map_err(|e| fail(os_reason(&e)))?;
+            let mut text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8".into()))?;
+            if text.contains('\0') {
+                return Err(fail("contains a NUL byte".into()));
+            }
+            // `echo secret > file` and most secret stores end the value with a newline.
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            Ok((name.clone(), text))
+        })
+        .collect()
+}
+
+/// The OS reason alone (`No such file or directory`), without std's ` (os error 2)`.
+fn os_reason(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
 }
 
 /// For exec readiness/liveness probes: spawns `argv` (no shell) in its own session with
@@ -140,7 +220,16 @@ struct ChildSetup {
     fd_limit: libc::c_int,
     dir_display: String,
     user_display: String,
+    /// `rlimits`, applied before the user switch (raising a hard limit needs the privilege the
+    /// switch drops); the key names the limit in errors.
+    rlimits: Vec<(RlimitResource, libc::rlimit, &'static str)>,
 }
+
+/// setrlimit's resource argument type, which glibc and musl spell differently.
+#[cfg(target_env = "gnu")]
+type RlimitResource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type RlimitResource = libc::c_int;
 
 #[derive(Debug, Clone)]
 struct Ids {
@@ -161,6 +250,7 @@ impl ChildSetup {
             fd_limit,
             dir_display: String::new(),
             user_display: String::new(),
+            rlimits: Vec::new(),
         }
     }
 }
@@ -176,6 +266,7 @@ enum Step {
     Chdir = 5,
     Fds = 6,
     Mask = 7,
+    Rlimit = 8,
 }
 
 const STEP_SHIFT: i32 = 16;
@@ -190,6 +281,7 @@ impl Step {
             Step::Chdir,
             Step::Fds,
             Step::Mask,
+            Step::Rlimit,
         ]
         .into_iter()
         .find(|s| *s as i32 == tag)
@@ -222,10 +314,11 @@ fn launch(
 
     let dir_display = setup.dir_display.clone();
     let user_display = setup.user_display.clone();
+    let rlimit_keys: Vec<&'static str> = setup.rlimits.iter().map(|r| r.2).collect();
     // SAFETY: the closure runs in the forked child before exec. It only makes async-signal-safe
-    // system calls (setsid, rt_sigaction, umask, setgroups/setgid/setuid, chdir, close_range/fcntl,
-    // sigprocmask) on data prepared by the parent, and never allocates, locks or panics: its
-    // errors are plain errnos.
+    // system calls (setsid, setrlimit, rt_sigaction, umask, setgroups/setgid/setuid, chdir,
+    // close_range/fcntl, sigprocmask) on data prepared by the parent, and never allocates, locks
+    // or panics: its errors are plain errnos.
     unsafe {
         cmd.pre_exec(move || child_setup(&setup));
     }
@@ -253,13 +346,25 @@ fn launch(
             tracing::debug!(pid, command = %program, "spawned");
             Ok(pid)
         }
-        Err(e) => Err(describe(&e, program, &dir_display, &user_display)),
+        Err(e) => Err(describe(
+            &e,
+            program,
+            &dir_display,
+            &user_display,
+            &rlimit_keys,
+        )),
     }
 }
 
 /// Runs in the forked child; see the SAFETY comment at the call site.
 fn child_setup(p: &ChildSetup) -> io::Result<()> {
     nix::unistd::setsid().map_err(|_| Step::Setsid.fail())?;
+    for (resource, limit, _) in &p.rlimits {
+        // SAFETY: setrlimit(2) on a struct owned by the closure; async-signal-safe.
+        if unsafe { libc::setrlimit(*resource, limit) } != 0 {
+            return Err(Step::Rlimit.fail());
+        }
+    }
     if let Some(mask) = p.umask {
         // SAFETY: umask(2) cannot fail and touches no memory.
         unsafe { libc::umask(mask) };
@@ -456,7 +561,7 @@ fn parse_fd(name: &[u8]) -> Option<libc::c_int> {
 }
 
 /// Turns std's spawn error (possibly tagged with a [`Step`]) into a [`SpawnError`].
-fn describe(e: &io::Error, program: &str, dir: &str, user: &str) -> SpawnError {
+fn describe(e: &io::Error, program: &str, dir: &str, user: &str, rlimits: &[&str]) -> SpawnError {
     let Some(raw) = e.raw_os_error() else {
         // Not from the child: e.g. a NUL byte in an argument or variable.
         return SpawnError::other(format!("cannot start {program}: {e}"));
@@ -473,6 +578,10 @@ fn describe(e: &io::Error, program: &str, dir: &str, user: &str) -> SpawnError {
         Some(Step::Setsid) => SpawnError::other(format!("creating a session: {reason}")),
         Some(Step::Fds) => SpawnError::other(format!("closing inherited descriptors: {reason}")),
         Some(Step::Mask) => SpawnError::other(format!("resetting the signal mask: {reason}")),
+        Some(Step::Rlimit) => SpawnError::other(format!(
+            "setting rlimits ({}): {reason} (raising a hard limit needs root)",
+            rlimits.join(", ")
+        )),
         None => match Errno::from_raw(errno) {
             Errno::ENOENT => {
                 // An existing file that exec calls "missing" lacks its interpreter (#! line or

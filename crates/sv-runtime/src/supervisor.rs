@@ -164,6 +164,10 @@ pub async fn run(opts: Options) -> i32 {
     }
 
     let settings = &opts.config.supervisor;
+    if let Err(e) = crate::rlimits::raise_minimums(settings) {
+        error!("{e}");
+        return 2;
+    }
     let logs = LogHub::new(
         settings.log_format,
         settings.log_buffer_lines,
@@ -509,6 +513,11 @@ impl Supervisor {
                 }
             }
             Action::Probe { program, pid, kind } => self.start_probe(program, pid, kind),
+            Action::SampleRss { program, pid } => {
+                let rss = crate::rlimits::resident_bytes(pid);
+                self.machine
+                    .handle(now, Input::RssSampled { program, pid, rss });
+            }
             Action::SignalOrphans(sig) => {
                 let n = signals::signal_orphans(sig, self.mode);
                 if n > 0 {

@@ -26,6 +26,8 @@ fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
         probe_failures: 0,
         log_file_dropped_lines: None,
         schedule: None,
+        restart_limit_failures: None,
+        memory_restarts: None,
     }
 }
 

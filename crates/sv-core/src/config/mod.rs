@@ -196,7 +196,17 @@ fn document(root: &DeTable<'_>, env: &dyn Fn(&str) -> Option<String>, sink: &mut
     }
     graph::check(&programs, bridge.is_some(), sink);
 
-    let mut programs: Vec<ProgramConfig> = programs.into_iter().map(|(p, _)| p).collect();
+    let mut programs: Vec<ProgramConfig> = programs
+        .into_iter()
+        .map(|(mut p, _)| {
+            // `[supervisor] env_file` is read first for every program: its own files win.
+            if !supervisor.env_files.is_empty() {
+                p.env_files
+                    .splice(0..0, supervisor.env_files.iter().cloned());
+            }
+            p
+        })
+        .collect();
     programs.sort_by(|a, b| a.name.cmp(&b.name));
     Config {
         supervisor,

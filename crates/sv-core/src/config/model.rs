@@ -56,6 +56,14 @@ pub struct SupervisorSettings {
     /// `max_control_connections`: control socket connections served at once; one more gets a
     /// `busy` error and is closed. Default [`DEFAULT_MAX_CONTROL_CONNECTIONS`].
     pub max_control_connections: usize,
+    /// `env_file`: `.env` files (absolute paths) read for every program before its own
+    /// `env_file`s, at each spawn. Default none.
+    pub env_files: Vec<PathBuf>,
+    /// `minfds`: at start the supervisor raises its own RLIMIT_NOFILE (soft, and hard when
+    /// needed) to at least this, or refuses to start (supervisord's `minfds`). Default none.
+    pub minfds: Option<u64>,
+    /// `minprocs`: the same for RLIMIT_NPROC (supervisord's `minprocs`). Default none.
+    pub minprocs: Option<u64>,
 }
 
 /// The default of `max_control_connections`: room for the 1,000 simultaneous clients the
@@ -73,6 +81,45 @@ pub struct HttpSettings {
     /// `max_connections`: HTTP connections served at once; one more gets a 503 and is closed.
     /// Default [`DEFAULT_HTTP_MAX_CONNECTIONS`].
     pub max_connections: usize,
+}
+
+/// A resource limit a program may set (`rlimits` keys), as setrlimit(2) names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rlimit {
+    /// `nofile`: RLIMIT_NOFILE, open descriptors.
+    Nofile,
+    /// `nproc`: RLIMIT_NPROC, processes of the program's user.
+    Nproc,
+    /// `core`: RLIMIT_CORE, bytes of a core dump.
+    Core,
+    /// `memlock`: RLIMIT_MEMLOCK, bytes of locked memory.
+    Memlock,
+    /// `stack`: RLIMIT_STACK, bytes of the main thread's stack.
+    Stack,
+}
+
+impl Rlimit {
+    /// Every limit with its key, in documentation order.
+    pub const ALL: [(Rlimit, &'static str); 5] = [
+        (Rlimit::Nofile, "nofile"),
+        (Rlimit::Nproc, "nproc"),
+        (Rlimit::Core, "core"),
+        (Rlimit::Memlock, "memlock"),
+        (Rlimit::Stack, "stack"),
+    ];
+
+    /// The key, e.g. `"nofile"`.
+    pub fn key(self) -> &'static str {
+        Rlimit::ALL
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map_or("", |(_, k)| k)
+    }
+
+    /// Whether the value is a size in bytes (so `"8MB"` is accepted).
+    pub fn is_bytes(self) -> bool {
+        matches!(self, Rlimit::Core | Rlimit::Memlock | Rlimit::Stack)
+    }
 }
 
 /// `autorestart`.
@@ -126,6 +173,27 @@ impl Default for BackoffConfig {
             reset_after: Duration::from_secs(60),
         }
     }
+}
+
+/// `max_rss`: restart a program whose resident memory stays above `limit` for `for_`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxRss {
+    /// `limit`: bytes of resident memory of the program's main process.
+    pub limit: u64,
+    /// `for`: how long the samples must stay above the limit. Default 0 (the first sample).
+    pub for_: Duration,
+    /// `interval`: how often `/proc/PID/statm` is read. Default 10 s.
+    pub interval: Duration,
+}
+
+/// `restart_limit`: more than `burst` automatic restarts within `within` make the program FATAL
+/// (systemd's `StartLimitBurst` / `StartLimitIntervalSec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartLimit {
+    /// `burst`: automatic restarts allowed inside the window, ≥ 1.
+    pub burst: u32,
+    /// `within`: the sliding window, > 0.
+    pub within: Duration,
 }
 
 /// `[program.NAME.ready]`: when a STARTING program counts as READY.
@@ -257,6 +325,21 @@ pub struct ProgramConfig {
     /// `bridge_publish`: extra MQTT topic filters this program may publish to outside the
     /// instance tree (bridge ACL). Default empty.
     pub bridge_publish: Vec<String>,
+    /// `env_file`: `.env` files (absolute paths, platform rules, see [`crate::envfile`]) read at
+    /// each spawn, `[supervisor] env_file` first; later files win, the supervisor's own
+    /// environment and `environment` win over all of them. Default none.
+    pub env_files: Vec<PathBuf>,
+    /// `environment` entries written `NAME = { file = "/run/secrets/x" }`: the variable's value
+    /// is the file's content (one trailing newline dropped), read at each spawn and passed to
+    /// the child only. Default none.
+    pub secret_env: Vec<(String, PathBuf)>,
+    /// `rlimits`: limits set in the child before exec, soft = hard; `None` = unlimited.
+    /// Default none (inherited from the supervisor).
+    pub rlimits: Vec<(Rlimit, Option<u64>)>,
+    /// `restart_limit`: default none (only `startretries` gives up).
+    pub restart_limit: Option<RestartLimit>,
+    /// `max_rss`: default none (no sampling at all).
+    pub max_rss: Option<MaxRss>,
     /// `log_file`: a size-rotated copy of the program's output. Default none.
     pub log_file: Option<LogFileConfig>,
     /// `schedule` / `every` with `run_on_start` and `overlap`: a scheduled program. Default none.
@@ -324,6 +407,11 @@ impl ProgramConfig {
             bridge_publish: Vec::new(),
             log_file: None,
             schedule: None,
+            env_files: Vec::new(),
+            secret_env: Vec::new(),
+            rlimits: Vec::new(),
+            restart_limit: None,
+            max_rss: None,
         }
     }
 }
@@ -341,6 +429,9 @@ impl Default for SupervisorSettings {
             max_line_bytes: 16 * 1024,
             http: None,
             max_control_connections: DEFAULT_MAX_CONTROL_CONNECTIONS,
+            env_files: Vec::new(),
+            minfds: None,
+            minprocs: None,
         }
     }
 }

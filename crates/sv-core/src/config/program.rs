@@ -11,8 +11,8 @@ use toml::de::DeValue;
 use super::diag::Sink;
 use super::expand::expand;
 use super::model::{
-    AutoRestart, BackoffConfig, DependencyCondition, LivenessConfig, OnDependencyRestart,
-    OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig,
+    AutoRestart, BackoffConfig, DependencyCondition, LivenessConfig, MaxRss, OnDependencyRestart,
+    OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig, RestartLimit, Rlimit,
 };
 use super::value::{Field, Table, display_key, with_article};
 use crate::signal::Signal;
@@ -49,6 +49,10 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "every",
     "run_on_start",
     "overlap",
+    "env_file",
+    "rlimits",
+    "restart_limit",
+    "max_rss",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
@@ -187,7 +191,41 @@ pub(super) fn program(
     }
     p.directory = read(&table, sink, "directory", |f, s| f.path(s));
     if let Some(f) = table.get("environment") {
-        p.environment = environment(&table, &f, env, sink);
+        environment(&table, &f, env, sink, &mut p);
+    }
+    if let Some(v) = read(&table, sink, "env_file", |f, s| f.absolute_paths(s)) {
+        p.env_files = v;
+    }
+    if let Some(f) = table.get("restart_limit") {
+        if let Some(t) = f.table(sink, table.child_path("restart_limit")) {
+            t.check_keys(sink, &["burst", "within"]);
+            let burst = read(&t, sink, "burst", |f, s| {
+                f.int_in::<u32>(s, 1, u32::MAX.into())
+            });
+            let within = read(&t, sink, "within", |f, s| f.duration(s, true));
+            for key in ["burst", "within"] {
+                if t.get(key).is_none() {
+                    sink.error(&t.span, format!("missing key \"{key}\" in {}", t.path));
+                }
+            }
+            if let (Some(burst), Some(within)) = (burst, within) {
+                p.restart_limit = Some(RestartLimit { burst, within });
+            }
+        }
+    }
+    if let Some(f) = table.get("max_rss") {
+        p.max_rss = max_rss(&table, &f, sink);
+    }
+    if let Some(f) = table.get("rlimits") {
+        if let Some(t) = f.table(sink, table.child_path("rlimits")) {
+            let keys: Vec<&str> = Rlimit::ALL.iter().map(|(_, k)| *k).collect();
+            t.check_keys(sink, &keys);
+            for (limit, key) in Rlimit::ALL {
+                if let Some(v) = read(&t, sink, key, |f, s| f.amount(s, limit.is_bytes(), true)) {
+                    p.rlimits.push((limit, v));
+                }
+            }
+        }
     }
     p.user = read(&table, sink, "user", |f, s| match f.get() {
         DeValue::Integer(_) => f
@@ -340,11 +378,12 @@ fn environment(
     field: &Field<'_, '_>,
     env: &dyn Fn(&str) -> Option<String>,
     sink: &mut Sink,
-) -> Vec<(String, String)> {
+    p: &mut ProgramConfig,
+) {
     let Some(table) = field.table(sink, program.child_path("environment")) else {
-        return Vec::new();
+        return;
     };
-    let mut out = Vec::new();
+    let (out, secrets) = (&mut p.environment, &mut p.secret_env);
     for f in table.fields() {
         let name = f.key;
         if name.is_empty() || name.contains(['=', '\0']) {
@@ -377,14 +416,67 @@ fn environment(
             },
             DeValue::Float(v) => v.as_str().to_string(),
             DeValue::Boolean(b) => b.to_string(),
+            DeValue::Table(_) => {
+                let path = format!("environment \"{name}\"");
+                let Some(t) = f.table(sink, path) else {
+                    continue;
+                };
+                t.check_keys(sink, &["file"]);
+                match t.get("file") {
+                    Some(file) => {
+                        if !matches!(file.get(), DeValue::String(_)) {
+                            file.type_error(sink, "a path");
+                        } else if let Some(p) = file.absolute_paths(sink).and_then(|mut v| v.pop()) {
+                            secrets.push((name.to_string(), p));
+                        }
+                    }
+                    // An unknown key (a misspelt `file`) is already reported.
+                    None if !t.map.is_empty() => {}
+                    None => sink.error(
+                        &t.span,
+                        format!("environment \"{name}\" needs \"file\": {{ file = \"/run/secrets/{}\" }}", name.to_ascii_lowercase()),
+                    ),
+                }
+                continue;
+            }
             _ => {
-                f.type_error(sink, "a string, number or boolean");
+                f.type_error(sink, "a string, number, boolean or { file = \"/path\" }");
                 continue;
             }
         };
         out.push((name.to_string(), value));
     }
-    out
+}
+
+/// `max_rss = "300MB"` or `max_rss = { limit = "300MB", for = "1m", interval = "10s" }`.
+fn max_rss(program: &Table<'_, '_>, f: &Field<'_, '_>, sink: &mut Sink) -> Option<MaxRss> {
+    let mut m = MaxRss {
+        limit: 0,
+        for_: Duration::ZERO,
+        interval: Duration::from_secs(10),
+    };
+    if !matches!(f.get(), DeValue::Table(_)) {
+        m.limit = f.amount(sink, true, false)?.filter(|n| *n > 0)?;
+        return Some(m);
+    }
+    let t = f.table(sink, program.child_path("max_rss"))?;
+    t.check_keys(sink, &["limit", "for", "interval"]);
+    let Some(limit) = t.get("limit") else {
+        sink.error(&t.span, format!("missing key \"limit\" in {}", t.path));
+        return None;
+    };
+    m.limit = limit.amount(sink, true, false)?.unwrap_or(0);
+    if m.limit == 0 {
+        limit.error(sink, "\"limit\" must be greater than zero");
+        return None;
+    }
+    if let Some(v) = read(&t, sink, "for", |f, s| f.duration(s, false)) {
+        m.for_ = v;
+    }
+    if let Some(v) = read(&t, sink, "interval", |f, s| f.duration(s, true)) {
+        m.interval = v;
+    }
+    Some(m)
 }
 
 fn autorestart(f: &Field<'_, '_>, sink: &mut Sink) -> Option<AutoRestart> {

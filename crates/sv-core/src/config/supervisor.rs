@@ -18,6 +18,9 @@ const SUPERVISOR_KEYS: &[&str] = &[
     "max_line_bytes",
     "max_control_connections",
     "http",
+    "env_file",
+    "minfds",
+    "minprocs",
 ];
 
 const BRIDGE_KEYS: &[&str] = &[
@@ -80,6 +83,11 @@ pub(super) fn supervisor(table: &Table<'_, '_>, sink: &mut Sink) -> SupervisorSe
     if let Some(v) = read(table, sink, "control_socket_mode", |f, s| f.mode(s)) {
         s.control_socket_mode = v;
     }
+    if let Some(v) = read(table, sink, "env_file", |f, s| f.absolute_paths(s)) {
+        s.env_files = v;
+    }
+    s.minfds = read(table, sink, "minfds", |f, s| f.int_in(s, 1, i64::MAX));
+    s.minprocs = read(table, sink, "minprocs", |f, s| f.int_in(s, 1, i64::MAX));
     if let Some(v) = read(table, sink, "log_format", |f, s| {
         f.choice(s, &["text", "json"])
     }) {

@@ -374,6 +374,69 @@ impl<'a, 'i> Field<'a, 'i> {
         ok.then_some(out)
     }
 
+    /// A count or size: an integer, or (with `bytes`) a string such as `"300MB"`, `"8MiB"`, `"1G"`
+    /// (K, M, G, T are powers of 1024 with or without `B`/`iB`, as memmon reads them). `"unlimited"`
+    /// gives `Some(None)` when `unlimited` is allowed.
+    pub(super) fn amount(
+        &self,
+        sink: &mut Sink,
+        bytes: bool,
+        unlimited: bool,
+    ) -> Option<Option<u64>> {
+        let key = self.key;
+        match self.get() {
+            DeValue::Integer(_) => self.int_in::<u64>(sink, 0, i64::MAX).map(Some),
+            DeValue::String(s) if unlimited && s.as_ref() == "unlimited" => Some(None),
+            DeValue::String(s) if bytes => match parse_size(s) {
+                Some(n) => Some(Some(n)),
+                None => {
+                    self.error(
+                        sink,
+                        format!("invalid size {:?} for \"{key}\": expected bytes or a number with K, M, G or T (\"300MB\"){}", s.as_ref(), if unlimited { " or \"unlimited\"" } else { "" }),
+                    );
+                    None
+                }
+            },
+            _ => {
+                let what = match (bytes, unlimited) {
+                    (true, true) => "a size (\"8MB\"), an integer or \"unlimited\"",
+                    (true, false) => "a size (\"300MB\") or an integer",
+                    (false, true) => "an integer or \"unlimited\"",
+                    (false, false) => "an integer",
+                };
+                self.type_error(sink, what);
+                None
+            }
+        }
+    }
+
+    /// `env_file`: one absolute path or an array of them.
+    pub(super) fn absolute_paths(&self, sink: &mut Sink) -> Option<Vec<PathBuf>> {
+        let items = match self.get() {
+            DeValue::String(_) => vec![(self.text(sink)?, self.span())],
+            DeValue::Array(_) => self.strings(sink)?,
+            _ => {
+                self.type_error(sink, "a path or an array of paths");
+                return None;
+            }
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (p, span) in items {
+            if p.starts_with('/') {
+                out.push(PathBuf::from(p));
+            } else {
+                sink.error(
+                    &span,
+                    format!(
+                        "\"{}\" paths must be absolute, found {p:?} (the working directory of PID 1 is rarely what you expect)",
+                        self.key
+                    ),
+                );
+            }
+        }
+        Some(out)
+    }
+
     /// A command line: an array of strings, or a string split like a shell would (no shell
     /// runs). Never empty.
     pub(super) fn command(&self, sink: &mut Sink) -> Option<Vec<String>> {
@@ -449,4 +512,21 @@ impl<'a, 'i> Field<'a, 'i> {
             }
         }
     }
+}
+
+/// `"300MB"` → bytes; see [`Field::amount`].
+pub(super) fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
 }

@@ -7,6 +7,7 @@
 //! `--exit` (default 0). Signals: SIGTERM exits 0 (after `--term-delay-ms`) unless
 //! `--ignore-term`; each received signal's name is appended to `--signal-log` (as `TAG NAME`
 //! with `--signal-tag TAG`, so several programs can share one ordered log).
+//! `--alloc-mb N` allocates and writes N MiB (resident) after the reports and keeps it.
 //! `--orphans-ignore-term` makes the `--orphans` ignore SIGTERM; `--orphans-setsid` puts them
 //! in a session (and process group) of their own. Orphans inherit the signals test-child blocks
 //! (so SIGTERM does not end them) unless `--orphans-unblocked` spawns them before the blocking.
@@ -51,6 +52,7 @@ struct Opts {
     orphans_ignore_term: bool,
     orphans_setsid: bool,
     orphans_unblocked: bool,
+    alloc_mb: usize,
 }
 
 fn usage(msg: &str) -> ! {
@@ -84,6 +86,7 @@ fn parse() -> Opts {
             "--ignore-term" => o.ignore_term = true,
             "--term-delay-ms" => o.term_delay_ms = num!(),
             "--orphans" => o.orphans = num!(),
+            "--alloc-mb" => o.alloc_mb = num!(),
             "--orphan-sleep-ms" => o.orphan_sleep_ms = num!(),
             "--print" => o.print.push(val(&mut args, a)),
             "--stderr" => o.stderr.push(val(&mut args, a)),
@@ -201,6 +204,12 @@ fn main() {
                 pick("Groups:")
             ),
         );
+    }
+
+    if o.alloc_mb > 0 {
+        // Written, so the pages are resident (what `max_rss` measures), and kept until exit.
+        let block = vec![0x5au8; o.alloc_mb << 20];
+        std::hint::black_box(Box::leak(block.into_boxed_slice()));
     }
 
     // Signals: a dedicated thread waits for them synchronously (sigwait), so the main flow stays
