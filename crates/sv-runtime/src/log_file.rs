@@ -21,7 +21,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -30,8 +30,14 @@ use sv_core::config::LogFileConfig;
 
 use crate::logs::Batch;
 
-/// Batches (at most one pipe read, 64 KiB, each) queued for one file before lines are dropped.
-const QUEUE_BATCHES: usize = 32;
+/// Text queued for one file before its lines are dropped. Bounded in bytes, not in batches: a
+/// burst of small reads (pipe buffers start at 4 KiB) from a chatty program on a busy machine
+/// outran a queue of 32 batches while the file thread was merely descheduled for a moment. The
+/// batches are shared with the ring buffer and stdout's writer, so a queue that keeps up costs
+/// no copy; a stalled one holds at most this much.
+const QUEUE_BYTES: usize = 1 << 20;
+/// The channel's own bound, far above what [`QUEUE_BYTES`] lets through in practice.
+const QUEUE_BATCHES: usize = 4096;
 
 /// What the feeding side and the file's thread share.
 #[derive(Debug, Default)]
@@ -40,6 +46,8 @@ struct Shared {
     dropped: AtomicU64,
     /// In an episode of loss: the next successful write ends it.
     losing: AtomicBool,
+    /// Bytes of text queued and not yet written (bounded by [`QUEUE_BYTES`]).
+    queued: AtomicUsize,
 }
 
 impl Shared {
@@ -94,6 +102,9 @@ impl LogFileSink {
                 let mut buf = Vec::new();
                 while let Ok(batch) = rx.recv() {
                     file.write_batch(&batch, &mut buf);
+                    file.shared
+                        .queued
+                        .fetch_sub(batch.text_len(), Ordering::Relaxed);
                 }
             })?;
         Ok(LogFileSink {
@@ -108,7 +119,21 @@ impl LogFileSink {
     /// Queues a batch for the file without ever waiting: a full queue drops it (counted).
     pub(crate) fn offer(&self, batch: &Arc<Batch>) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(batch.clone()) {
+        let bytes = batch.text_len();
+        if self.shared.queued.fetch_add(bytes, Ordering::Relaxed) + bytes > QUEUE_BYTES {
+            self.shared.queued.fetch_sub(bytes, Ordering::Relaxed);
+            return self.shared.lose(
+                &self.program,
+                &self.path,
+                batch.len(),
+                &"the write queue is full",
+            );
+        }
+        let sent = tx.try_send(batch.clone());
+        if sent.is_err() {
+            self.shared.queued.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(b)) => self.shared.lose(
                 &self.program,

@@ -288,6 +288,11 @@ impl Batch {
         }
     }
 
+    /// Bytes of text in the batch.
+    pub(crate) fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
     /// Lines (and pieces) in the batch.
     pub(crate) fn len(&self) -> usize {
         self.lines.len()

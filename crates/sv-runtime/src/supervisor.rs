@@ -147,6 +147,22 @@ pub async fn run(opts: Options) -> i32 {
     };
     info!(mode = ?mode, programs = opts.config.programs.len(), "supervisor starting");
 
+    let settings = &opts.config.supervisor;
+    let logs = LogHub::new(
+        settings.log_format,
+        settings.log_buffer_lines,
+        settings.max_line_bytes,
+    );
+    // Log lines go through the writer thread: an early exit flushes them (bounded), or the
+    // reason it gives would be lost with the process.
+    let fail = |code: i32| {
+        let logs = logs.clone();
+        async move {
+            logs.flush(LOG_DRAIN).await;
+            code
+        }
+    };
+
     // Signals first, so a SIGTERM during start-up is a shutdown and not lost.
     let mut sigs = match signal_hook_tokio::Signals::new([
         SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH, SIGCHLD,
@@ -154,25 +170,19 @@ pub async fn run(opts: Options) -> i32 {
         Ok(s) => s,
         Err(e) => {
             error!(error = %e, "cannot install signal handlers");
-            return 1;
+            return fail(1).await;
         }
     };
     // Held since `main` (see `signals::hold_signals`): a SIGTERM that came meanwhile is handled now.
     if let Err(e) = signals::release_held_signals() {
         error!(error = %e, "cannot unblock signals");
-        return 1;
+        return fail(1).await;
     }
 
-    let settings = &opts.config.supervisor;
     if let Err(e) = crate::rlimits::raise_minimums(settings) {
         error!("{e}");
-        return 2;
+        return fail(2).await;
     }
-    let logs = LogHub::new(
-        settings.log_format,
-        settings.log_buffer_lines,
-        settings.max_line_bytes,
-    );
     let (internal_tx, mut internal_rx) = mpsc::channel::<Internal>(1024);
     let (control_tx, mut control_rx) = mpsc::channel::<ControlMsg>(64);
     let (ask_tx, mut ask_rx) = mpsc::channel::<oneshot::Sender<Snapshot>>(64);
