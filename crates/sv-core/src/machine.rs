@@ -234,6 +234,9 @@ pub enum Event {
 pub struct ProgramStatus {
     /// The program name.
     pub name: String,
+    /// The `[program.NAME]` table of a `numprocs` instance (absent for a plain program).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// supervisord's state name, e.g. `"RUNNING"`.
     pub state: &'static str,
     /// The live process, if any.
@@ -487,6 +490,18 @@ impl Machine {
     /// Looks a program up by name.
     pub fn find(&self, name: &str) -> Option<ProgramId> {
         self.cfg.iter().position(|p| p.name == name).map(ProgramId)
+    }
+
+    /// The programs `name` addresses: the program of that name, or every instance of the
+    /// `numprocs` group of that name (in config order). Empty when neither exists.
+    pub fn find_all(&self, name: &str) -> Vec<ProgramId> {
+        match self.find(name) {
+            Some(id) => vec![id],
+            None => self
+                .ids()
+                .filter(|id| self.cfg[id.0].group.as_deref() == Some(name))
+                .collect(),
+        }
     }
 
     /// Every program id in config order.
@@ -844,6 +859,7 @@ impl Machine {
                 let p = &self.progs[id.0];
                 ProgramStatus {
                     name: c.name.clone(),
+                    group: c.group.clone(),
                     state: p.state.name(),
                     pid: p.pid,
                     ready: p.state == State::Running,

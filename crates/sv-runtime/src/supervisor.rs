@@ -739,14 +739,24 @@ impl Supervisor {
         if names.iter().any(|n| n == "all") {
             return Ok(self.machine.ids().collect());
         }
-        names
-            .iter()
-            .map(|n| {
-                self.machine.find(n).ok_or_else(|| {
-                    error_reply(code::UNKNOWN_PROGRAM, format!("no program named {n:?}"))
-                })
-            })
-            .collect()
+        // A `numprocs` group name stands for all its instances; a program named twice (as
+        // itself and through its group) is acted on once.
+        let mut ids = Vec::new();
+        for n in names {
+            let found = self.machine.find_all(n);
+            if found.is_empty() {
+                return Err(error_reply(
+                    code::UNKNOWN_PROGRAM,
+                    format!("no program named {n:?}"),
+                ));
+            }
+            for id in found {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
     }
 
     fn on_control(&mut self, msg: ControlMsg) {

@@ -11,11 +11,13 @@ mod diag;
 mod duration;
 mod expand;
 mod graph;
+mod instances;
 mod model;
 mod program;
 mod supervisor;
 mod value;
 
+pub use instances::{DEFAULT_PROCESS_NAME, MAX_NUMPROCS};
 pub use model::*;
 
 use std::fmt;
@@ -194,7 +196,16 @@ fn document(root: &DeTable<'_>, env: &dyn Fn(&str) -> Option<String>, sink: &mut
     }
     graph::check(&programs, bridge.is_some(), sink);
 
-    let mut programs: Vec<ProgramConfig> = programs.into_iter().map(|(p, _)| p).collect();
+    let reserved: &[&str] = if bridge.is_some() {
+        &[graph::BRIDGE_PROGRAM]
+    } else {
+        &[]
+    };
+    let programs = programs
+        .into_iter()
+        .map(|(p, spans)| (p, spans.instances, spans.name))
+        .collect();
+    let mut programs = instances::expand(programs, reserved, sink);
     programs.sort_by(|a, b| a.name.cmp(&b.name));
     Config {
         supervisor,

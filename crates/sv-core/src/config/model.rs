@@ -245,6 +245,11 @@ pub struct ProgramConfig {
     /// `bridge_publish`: extra MQTT topic filters this program may publish to outside the
     /// instance tree (bridge ACL). Default empty.
     pub bridge_publish: Vec<String>,
+    /// The `[program.NAME]` table this program is an instance of, when the table has
+    /// `numprocs` (then `name` comes from `process_name`). `None` for a plain program.
+    pub group: Option<String>,
+    /// The instance number (`{num}`), from `numprocs_start` up.
+    pub num: Option<u32>,
 }
 
 impl ProgramConfig {
@@ -282,6 +287,8 @@ impl ProgramConfig {
             depends_on: Vec::new(),
             on_dependency_restart: OnDependencyRestart::Wait,
             bridge_publish: Vec::new(),
+            group: None,
+            num: None,
         }
     }
 }
