@@ -47,6 +47,11 @@ pub enum Request {
     },
     /// A status object now and on every change (used by the bridge).
     Watch,
+    /// Read the config file again and apply what changed (`dry_run`: only answer the plan).
+    Reload {
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Readiness of kind `bridge`, reported by the bridge on behalf of a program.
     Ready {
         program: String,
@@ -73,6 +78,8 @@ pub mod code {
     pub const FAILED: &str = "failed";
     /// The request is valid but does not apply (e.g. `ready` for a program without bridge readiness).
     pub const NOT_APPLICABLE: &str = "not_applicable";
+    /// `reload`: the config file is invalid (every problem is in `errors`); nothing changed.
+    pub const INVALID_CONFIG: &str = "invalid_config";
 }
 
 /// A failure reply's `error` object.
@@ -133,6 +140,7 @@ mod tests {
                 follow: true,
             },
             Request::Watch,
+            Request::Reload { dry_run: true },
             Request::Ready {
                 program: "a".into(),
                 pid: Some(3),

@@ -8,6 +8,7 @@ pub mod logs;
 pub mod notify;
 pub mod probe;
 pub mod reap;
+pub mod reload;
 mod server;
 pub mod signals;
 pub mod spawn;
