@@ -1,8 +1,9 @@
 //! Reload end to end with the real binary: a running set of five programs, then configs that
 //! add, remove, change one, change nothing, and are invalid, through `iot2mqtt-sv reload`
-//! (and `--dry-run`), and the same through `SIGHUP`. Programs the reload does not change keep
-//! their pids and receive no signal at all (each program appends every signal it gets to a
-//! shared log).
+//! (and `--dry-run`), and the same through `SIGHUP`; more `numprocs` instances, a `[supervisor]`
+//! key that only applies at start, and a `[bridge]` change (which restarts the bridge alone).
+//! Programs the reload does not change keep their pids and receive no signal at all (each
+//! program appends every signal it gets to a shared log).
 
 mod common;
 
@@ -194,4 +195,75 @@ fn sighup_reloads_like_the_cli_and_dry_run_changes_nothing() {
     assert!(p2["pid"].is_i64());
     assert_eq!(pid_of(&pids(&sv), "p1"), pid_of(&start, "p1"));
     assert_eq!(lines(&log), ["p2 SIGTERM"], "p1 got no HUP");
+}
+
+#[test]
+fn more_instances_add_only_the_new_ones_and_start_only_keys_are_named() {
+    let dir = Sv::new_dir();
+    let group = |n: u32, head: &str| {
+        format!(
+            "{head}[program.worker]\ncommand = {}\nstartsecs = 0\nnumprocs = {n}\n",
+            child_cmd(&[])
+        )
+    };
+    let sv = Sv::spawn_in(dir, &group(2, ""), Default::default());
+    sv.wait_socket();
+    sv.wait_state("worker_00", "RUNNING");
+    sv.wait_state("worker_01", "RUNNING");
+    let start = pids(&sv);
+
+    std::fs::write(
+        &sv.config,
+        group(3, "[supervisor]\nlog_buffer_lines = 10\n\n"),
+    )
+    .expect("writing the config");
+    let (code, out, err) = run(&sv, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("add      worker_02\n"), "{out}");
+    assert!(out.contains("keep     worker_00, worker_01\n"), "{out}");
+    assert!(
+        out.contains("not applied until the supervisor restarts: [supervisor] log_buffer_lines"),
+        "{out}"
+    );
+    let now = pids(&sv);
+    assert!(pid_of(&now, "worker_02").is_some());
+    for n in ["worker_00", "worker_01"] {
+        assert_eq!(pid_of(&now, n), pid_of(&start, n), "{n} was touched");
+    }
+    sv.wait_stderr("reload: these changes take effect only when the supervisor restarts");
+    // `restart worker` now covers the new instance too.
+    let (code, out, err) = run(&sv, &["restart", "worker"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("worker_02: running"), "{out}");
+}
+
+#[test]
+fn a_bridge_table_change_restarts_only_the_bridge() {
+    let Some(broker) = sv_testkit::Mosquitto::start() else {
+        return;
+    };
+    let dir = Sv::new_dir();
+    let with_qos = |qos: u8| {
+        format!(
+            "[bridge]\nhost = \"127.0.0.1\"\nport = {}\ninstance = \"r1\"\nqos = {qos}\n\n\
+             [program.dev]\ncommand = {}\nstartsecs = 0\n",
+            broker.port,
+            child_cmd(&[])
+        )
+    };
+    let sv = Sv::spawn_in(dir, &with_qos(1), Default::default());
+    sv.wait_socket();
+    sv.wait_state("bridge", "RUNNING");
+    sv.wait_state("dev", "RUNNING");
+    let start = pids(&sv);
+
+    std::fs::write(&sv.config, with_qos(0)).expect("writing the config");
+    let (code, out, err) = run(&sv, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("restart  bridge ([bridge])\n"), "{out}");
+    assert!(out.contains("keep     dev\n"), "{out}");
+    let now = pids(&sv);
+    assert!(pid_of(&now, "bridge").is_some());
+    assert_ne!(pid_of(&now, "bridge"), pid_of(&start, "bridge"));
+    assert_eq!(pid_of(&now, "dev"), pid_of(&start, "dev"));
 }
