@@ -716,6 +716,8 @@ enum Op {
     Stop(u8),
     Restart(u8),
     Ready(u8),
+    /// Two bits per program: keep, change its command, or remove it; bit 15 adds `extra`.
+    Reload(u16),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -727,13 +729,14 @@ fn op() -> impl Strategy<Value = Op> {
         any::<u8>().prop_map(Op::Stop),
         any::<u8>().prop_map(Op::Restart),
         any::<u8>().prop_map(Op::Ready),
+        any::<u16>().prop_map(Op::Reload),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
-    /// Whatever happens, a program never has two live processes, shutdown stops in reverse
-    /// order and ends within `shutdown_timeout`, and Exit comes exactly once.
+    /// Whatever happens (reloads included), a program never has two live processes, shutdown
+    /// stops in reverse order and ends within `shutdown_timeout`, and Exit comes exactly once.
     #[test]
     fn invariants_hold_under_random_events(
         prios in proptest::collection::vec(0i32..4, 1..6),
@@ -750,7 +753,9 @@ proptest! {
             c
         }).collect();
         let n = programs.len();
-        let mut w = World::new(config(programs));
+        let base = programs.clone();
+        let mut current = config(programs);
+        let mut w = World::new(current.clone());
         for (i, ig) in ignore.iter().enumerate().take(n) {
             if *ig { w.on_term.insert(format!("p{i}"), OnTerm::Ignore); }
         }
@@ -781,6 +786,29 @@ proptest! {
                 Op::Ready(k) => {
                     let id = ProgramId(k as usize % n);
                     if let Some(pid) = w.m.pid(id) { w.input(Input::Ready { program: id, pid }); }
+                }
+                Op::Reload(bits) => {
+                    let mut programs: Vec<ProgramConfig> = Vec::new();
+                    for (i, p) in base.iter().enumerate() {
+                        match (bits >> (2 * i)) & 3 {
+                            1 => {
+                                let mut c = p.clone();
+                                c.command.push(format!("-v{bits}"));
+                                programs.push(c);
+                            }
+                            2 => {}
+                            _ => programs.push(p.clone()),
+                        }
+                    }
+                    if bits & 0x8000 != 0 {
+                        programs.push(prog("extra"));
+                    }
+                    if programs.is_empty() { continue; }
+                    let new = config(programs);
+                    let plan = sv_core::plan::plan(&current, &new);
+                    w.m.apply(w.now, &new, &plan);
+                    w.pump();
+                    if !w.m.is_shutting_down() { current = new; }
                 }
             }
         }
