@@ -267,3 +267,30 @@ fn a_bridge_table_change_restarts_only_the_bridge() {
     assert_ne!(pid_of(&now, "bridge"), pid_of(&start, "bridge"));
     assert_eq!(pid_of(&now, "dev"), pid_of(&start, "dev"));
 }
+
+#[test]
+fn the_reply_comes_once_dependent_changed_programs_run_their_new_definitions() {
+    let dir = Sv::new_dir();
+    let pair = |v: &str| {
+        format!(
+            "[program.base]\ncommand = {c}\nstartsecs = 0\nenvironment = {{ V = \"{v}\" }}\n\n\
+             [program.top]\ncommand = {c}\nstartsecs = 0\ndepends_on = [\"base\"]\n\
+             environment = {{ V = \"{v}\" }}\n",
+            c = child_cmd(&[])
+        )
+    };
+    let sv = Sv::spawn_in(dir, &pair("a"), Default::default());
+    sv.wait_socket();
+    sv.wait_state("top", "RUNNING");
+    let start = pids(&sv);
+    std::fs::write(&sv.config, pair("b")).expect("writing the config");
+    let (code, out, err) = run(&sv, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // No wait here: the reply itself promises both run their new definitions.
+    let status = sv.status_json();
+    for n in ["base", "top"] {
+        let p = common::find_program(&status, n).expect("program");
+        assert_eq!(p["state"], "RUNNING", "{status}");
+        assert_ne!(p["pid"].as_i64(), pid_of(&start, n), "{n}: {status}");
+    }
+}

@@ -622,6 +622,13 @@ impl Machine {
         }
     }
 
+    /// Whether a reload has yet to give the program its new definition or start it (until
+    /// then a RUNNING state is the old definition's).
+    pub fn reload_pending(&self, id: ProgramId) -> bool {
+        let p = &self.progs[id.0];
+        p.replacement.is_some() || p.held
+    }
+
     /// Whether the program was removed by a reload (its id means nothing any more).
     pub fn is_removed(&self, id: ProgramId) -> bool {
         self.progs[id.0].retired

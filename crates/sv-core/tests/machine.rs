@@ -914,11 +914,15 @@ fn reload_stops_removed_and_changed_programs_dependents_first_and_leaves_the_res
     assert_eq!(plan.added, ["f"]);
     assert_eq!(plan.removed, ["b"]);
     assert_eq!(plan.unchanged, ["a", "d", "e"]);
+    // Until the old set has stopped, c's RUNNING is its old definition and f is held.
+    assert!(w.m.reload_pending(w.id("c")) && w.m.reload_pending(w.id("f")));
+    assert!(!w.m.reload_pending(w.id("a")));
 
     w.run_until(Duration::from_secs(20), |w| {
         all_running(w, &["a", "c", "d", "e", "f"])
     });
     assert_eq!(w.m.find("b"), None, "b is gone");
+    assert!(!w.m.reload_pending(w.id("c")) && !w.m.reload_pending(w.id("f")));
     assert_eq!(w.m.program(w.id("c")).command, ["/bin/true", "--v2"]);
     let signalled: Vec<&str> = w.signals[signals_before..]
         .iter()

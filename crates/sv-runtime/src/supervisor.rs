@@ -1004,6 +1004,8 @@ impl Supervisor {
                 };
                 let (reached, failed) = match goal {
                     Goal::Removed => (false, false),
+                    // Still the old definition, or held until the reload has stopped the rest.
+                    Goal::Running if self.machine.reload_pending(id) => (false, false),
                     Goal::Stopped => (
                         self.machine.pid(id).is_none()
                             && !matches!(s.state, "STARTING" | "STOPPING"),
