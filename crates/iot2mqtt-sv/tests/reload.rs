@@ -294,3 +294,23 @@ fn the_reply_comes_once_dependent_changed_programs_run_their_new_definitions() {
         assert_ne!(p["pid"].as_i64(), pid_of(&start, n), "{n}: {status}");
     }
 }
+
+#[test]
+fn a_new_user_can_still_report_readiness_over_sd_notify() {
+    let dir = Sv::new_dir();
+    let cfg = |user: &str| {
+        format!(
+            "[program.n]\ncommand = {}\n{user}startretries = 0\ncritical = false\n\
+             ready = {{ kind = \"notify\", timeout = \"10s\" }}\n",
+            child_cmd(&["--notify-ready"])
+        )
+    };
+    let sv = Sv::spawn_in(dir, &cfg(""), Default::default());
+    sv.wait_socket();
+    sv.wait_state("n", "RUNNING");
+    std::fs::write(&sv.config, cfg("user = \"nobody\"\n")).expect("writing the config");
+    let (code, out, err) = run(&sv, &["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("restart  n (user)\n"), "{out}");
+    assert!(out.contains("n: running"), "{out}");
+}

@@ -1395,6 +1395,14 @@ impl Machine {
             self.advance_shutdown(now);
             return;
         }
+        // A reload was waiting to stop this program, whatever ended it (its own crash, a failed
+        // probe): its old definition must not come back through a restart.
+        if p.removing || p.replacement.is_some() {
+            p.state = State::Stopped;
+            self.finish_reload(now, id);
+            self.advance_reload(now);
+            return;
+        }
         let failed_start = |reason: String| (true, reason);
         let (is_failed_start, reason) = match intent {
             Some(StopIntent::User) => {
@@ -1412,10 +1420,11 @@ impl Machine {
                 p.state = State::Stopped;
                 return;
             }
+            // A reload that was overtaken (the program was added back unchanged): carry on.
             Some(StopIntent::Reload) => {
                 p.state = State::Stopped;
-                self.finish_reload(now, id);
                 self.advance_reload(now);
+                self.try_start_all(now);
                 return;
             }
             Some(StopIntent::Restart) => {

@@ -1002,3 +1002,44 @@ fn a_shutdown_during_a_reload_still_ends_with_exit() {
     w.run_until(Duration::from_secs(30), |w| w.exit_code.is_some());
     assert_eq!(w.exit_code, Some(0));
 }
+
+#[test]
+fn a_changed_program_that_exits_by_itself_before_its_turn_comes_back_with_the_new_definition() {
+    let mut a = prog("a");
+    a.depends_on = vec![("b".into(), DependencyCondition::Ready)];
+    let old = config(vec![a.clone(), prog("b")]);
+    let mut w = World::new(old.clone());
+    w.boot();
+    w.run_until(Duration::from_secs(10), |w| all_running(w, &["a", "b"]));
+    // a (the dependent) is stopped first and takes its time; b waits for its turn.
+    w.on_term
+        .insert("a".into(), OnTerm::ExitAfter(Duration::from_millis(500)));
+    let spawns_before = w.spawns.len();
+    let (mut a2, mut b2) = (a, prog("b"));
+    a2.command.push("--v2".into());
+    b2.command.push("--v2".into());
+    reload(&mut w, &old, &config(vec![a2, b2]));
+    assert_eq!(w.state("b"), State::Running, "b's turn has not come");
+    // b's old process crashes meanwhile.
+    let b_pid = w.m.pid(w.id("b")).unwrap();
+    w.procs.remove(&b_pid);
+    w.input(Input::Exited {
+        pid: b_pid,
+        status: ExitStatus::Code(1),
+    });
+    w.run_until(Duration::from_secs(20), |w| {
+        all_running(w, &["a", "b"]) && w.spawns.len() >= spawns_before + 2
+    });
+    for n in ["a", "b"] {
+        assert_eq!(w.m.program(w.id(n)).command, ["/bin/true", "--v2"], "{n}");
+    }
+    let spawned: Vec<&str> = w.spawns[spawns_before..]
+        .iter()
+        .map(|(_, n)| n.as_str())
+        .collect();
+    assert_eq!(
+        spawned,
+        ["b", "a"],
+        "only new definitions, dependency first"
+    );
+}

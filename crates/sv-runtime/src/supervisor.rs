@@ -1114,7 +1114,38 @@ impl Supervisor {
         }
         let ids: Vec<ProgramId> = goals.iter().map(|(id, _)| *id).collect();
         self.bind_notify_sockets(&ids);
+        self.reown_notify_sockets(&plan);
         Ok((plan, goals))
+    }
+
+    /// A program whose `user` changed must still be able to write to its sd_notify socket,
+    /// which was bound (mode 0600) for the old user.
+    fn reown_notify_sockets(&self, plan: &sv_core::plan::Plan) {
+        for c in plan
+            .changed
+            .iter()
+            .filter(|c| c.reasons.iter().any(|r| r == "user"))
+        {
+            let Some(path) = self
+                .machine
+                .find(&c.name)
+                .and_then(|id| self.notify_paths.get(&id))
+            else {
+                continue;
+            };
+            let user = self
+                .config
+                .programs
+                .iter()
+                .find(|p| p.name == c.name)
+                .and_then(|p| p.user.as_deref());
+            let uid = user
+                .and_then(resolve_uid)
+                .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+            if let Err(e) = std::os::unix::fs::lchown(path, Some(uid), None) {
+                warn!(program = %c.name, path = %path.display(), error = %e, "cannot hand the sd_notify socket to the new user");
+            }
+        }
     }
 
     /// The ids of the named programs that the machine still knows.
