@@ -56,6 +56,16 @@ enum Command {
     Stop(Names),
     /// Restart programs (names, or `all`).
     Restart(Names),
+    /// Read the config file again and apply what changed; prints the plan and waits for it
+    /// (exit 2 with every error when the new config is invalid: nothing changes then).
+    Reload {
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a signal (e.g. HUP) to programs' process groups.
     Signal {
         /// Signal name, with or without `SIG`.
@@ -208,6 +218,14 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
     let control_socket =
         cli_socket.unwrap_or_else(|| startup::server_socket(&cfg.supervisor.control_socket));
     let mut extra_env = Vec::new();
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("iot2mqtt-sv"));
+    let abs = std::path::absolute(&path).unwrap_or(path.clone());
+    let bridge_command = vec![
+        exe.display().to_string(),
+        "bridge".into(),
+        "-c".into(),
+        abs.display().to_string(),
+    ];
     if let Some(section) = cfg.bridge.clone() {
         let socket = section
             .socket
@@ -217,17 +235,7 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
             "IOT2MQTT_SV_BRIDGE_SOCKET".to_string(),
             socket.display().to_string(),
         ));
-        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("iot2mqtt-sv"));
-        let abs = std::path::absolute(&path).unwrap_or(path.clone());
-        sv_runtime::supervisor::add_bridge_program(
-            &mut cfg,
-            vec![
-                exe.display().to_string(),
-                "bridge".into(),
-                "-c".into(),
-                abs.display().to_string(),
-            ],
-        );
+        sv_runtime::supervisor::add_bridge_program(&mut cfg, bridge_command.clone());
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -244,6 +252,10 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
             config: cfg,
             control_socket,
             extra_env,
+            reload: Some(sv_runtime::reload::Source {
+                path: abs,
+                bridge_command,
+            }),
         },
     ));
     // Dropping the runtime would wait for every blocking task, and a name resolution of a
@@ -361,6 +373,13 @@ fn main() -> ExitCode {
             &client_socket(cli.socket),
             &Request::Restart { programs: n.names },
             n.json,
+            &mut out,
+            &mut err,
+        )),
+        Command::Reload { dry_run, json } => client_result(client::reload(
+            &client_socket(cli.socket),
+            dry_run,
+            json,
             &mut out,
             &mut err,
         )),

@@ -508,6 +508,7 @@ mod tests {
     fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
         ProgramStatus {
             name: name.into(),
+            group: None,
             state,
             pid: Some(42),
             ready: healthy,

@@ -11,6 +11,7 @@
 //! - [`signal`]: signal names and numbers as the config and the control protocol spell them.
 //! - [`backoff`]: capped exponential restart backoff with jitter and a stability reset.
 //! - [`machine`]: the supervisor state machine: facts in, commands out.
+//! - [`plan`]: what a reload changes (old config vs new config).
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -19,5 +20,6 @@ pub mod envfile;
 pub mod health;
 pub mod machine;
 pub mod notify;
+pub mod plan;
 pub mod schedule;
 pub mod signal;

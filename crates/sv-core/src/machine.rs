@@ -23,9 +23,12 @@ use crate::backoff;
 use crate::config::{
     AutoRestart, Config, DependencyCondition, OnDependencyRestart, ProgramConfig, ReadinessCheck,
 };
+use crate::plan::Plan;
 use crate::signal::Signal;
 
-/// Index of a program in [`crate::config::Config::programs`].
+/// A program's slot in the machine: the index in the config it was built from, then one new
+/// slot per program a reload adds. Ids are never reused, so a removed program's id cannot
+/// come to mean another program while the runtime still holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProgramId(pub usize);
 
@@ -245,6 +248,10 @@ pub enum Event {
     Shutdown { reason: String },
     /// A scheduled program's run came due: started, skipped or queued (`what`).
     Scheduled { program: ProgramId, what: String },
+    /// A reload removed the program and its process is gone: the id is retired.
+    Removed { program: ProgramId },
+    /// A reload's new definition of the program took over (it starts again from STOPPED).
+    Replaced { program: ProgramId },
 }
 
 /// One program as `status` shows it. Serialised as the control protocol's status object.
@@ -252,6 +259,9 @@ pub enum Event {
 pub struct ProgramStatus {
     /// The program name.
     pub name: String,
+    /// The `[program.NAME]` table of a `numprocs` instance (absent for a plain program).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// supervisord's state name, e.g. `"RUNNING"`.
     pub state: &'static str,
     /// The live process, if any.
@@ -319,6 +329,8 @@ enum StopIntent {
     Unhealthy(String),
     /// A dependency restarted (`on_dependency_restart = "restart"`): wait for it again.
     Dependency(String),
+    /// A reload removes the program or replaces its definition.
+    Reload,
 }
 
 #[derive(Debug, Clone)]
@@ -359,6 +371,15 @@ struct Prog {
     next_rss_check: Option<Instant>,
     rss_over_since: Option<Instant>,
     memory_restarts: u64,
+    /// A reload removes this program once its process is gone.
+    removing: bool,
+    /// A reload's new definition, taken over once the current process is gone.
+    replacement: Option<Box<ProgramConfig>>,
+    /// Added or replaced by a reload that is still stopping other programs: not started
+    /// until it is done, so a new definition never starts beside an old one it depends on.
+    held: bool,
+    /// Removed by a reload: no longer part of the supervisor (kept so ids stay stable).
+    retired: bool,
 }
 
 impl Prog {
@@ -392,6 +413,10 @@ impl Prog {
             next_rss_check: None,
             rss_over_since: None,
             memory_restarts: 0,
+            removing: false,
+            replacement: None,
+            held: false,
+            retired: false,
         }
     }
 
@@ -468,8 +493,33 @@ impl Machine {
     /// pass a constant, the runtime a random one). Nothing starts until [`Machine::start`].
     pub fn new(config: &Config, seed: u64) -> Machine {
         let cfg = config.programs.clone();
+        let mut m = Machine {
+            sched: sched::schedules(&cfg),
+            clock: None,
+            tz: jiff::tz::TimeZone::UTC,
+            progs: cfg.iter().map(|p| Prog::new(p.autostart)).collect(),
+            cfg,
+            order: Vec::new(),
+            level: Vec::new(),
+            dependents: Vec::new(),
+            shutdown_timeout: config.supervisor.shutdown_timeout,
+            orphan_grace: config.supervisor.orphan_grace,
+            phase: Phase::Running,
+            exit_code: 0,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+        };
+        m.layout();
+        m
+    }
+
+    /// Computes start order, stop levels and dependents over the programs that are not retired.
+    fn layout(&mut self) {
+        let cfg = &self.cfg;
         let n = cfg.len();
-        let index = |name: &str| cfg.iter().position(|p| p.name == name);
+        let active = |i: usize| !self.progs[i].retired;
+        let index = |name: &str| (0..n).find(|&i| active(i) && cfg[i].name == name);
         let deps: Vec<Vec<usize>> = cfg
             .iter()
             .map(|p| p.depends_on.iter().filter_map(|(d, _)| index(d)).collect())
@@ -480,12 +530,13 @@ impl Machine {
                 dependents[d].push(ProgramId(i));
             }
         }
+        let total = (0..n).filter(|&i| active(i)).count();
         // Kahn's algorithm over dependency edges, always taking the lowest (priority, name)
         // among the programs whose dependencies are placed. The config is validated acyclic;
         // should a cycle slip through, the leftovers are appended so nothing is lost.
-        let mut placed = vec![false; n];
-        let mut order = Vec::with_capacity(n);
-        while order.len() < n {
+        let mut placed: Vec<bool> = (0..n).map(|i| !active(i)).collect();
+        let mut order = Vec::with_capacity(total);
+        while order.len() < total {
             let next = (0..n)
                 .filter(|&i| !placed[i] && deps[i].iter().all(|&d| placed[d]))
                 .min_by(|&a, &b| {
@@ -510,23 +561,136 @@ impl Machine {
                 cfg[i].priority == cfg[prev].priority && deps[i].iter().all(|&d| level[d] < cur);
             level[i] = if same { cur } else { cur + 1 };
         }
-        Machine {
-            sched: sched::schedules(&cfg),
-            clock: None,
-            tz: jiff::tz::TimeZone::UTC,
-            progs: cfg.iter().map(|p| Prog::new(p.autostart)).collect(),
-            cfg,
-            order,
-            level,
-            dependents,
-            shutdown_timeout: config.supervisor.shutdown_timeout,
-            orphan_grace: config.supervisor.orphan_grace,
-            phase: Phase::Running,
-            exit_code: 0,
-            actions: VecDeque::new(),
-            events: VecDeque::new(),
-            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
+        self.order = order;
+        self.level = level;
+        self.dependents = dependents;
+    }
+
+    /// Applies a reload: `config` is the new effective config and `plan` its difference from
+    /// the running one ([`crate::plan::plan`]).
+    ///
+    /// Unchanged programs are not touched. Removed and changed programs are stopped together,
+    /// dependents first (the same levels as a shutdown); a removed program's id is retired once
+    /// its process is gone, a changed one takes its new definition. Added and changed programs
+    /// start, in dependency order, once every program the reload stops has stopped.
+    /// `[supervisor]` timings (`shutdown_timeout`, `orphan_grace`) apply at once. Ignored during
+    /// a shutdown.
+    pub fn apply(&mut self, now: Instant, config: &Config, plan: &Plan) {
+        if self.phase != Phase::Running {
+            return;
         }
+        self.shutdown_timeout = config.supervisor.shutdown_timeout;
+        self.orphan_grace = config.supervisor.orphan_grace;
+        for name in &plan.removed {
+            if let Some(id) = self.find(name) {
+                let p = &mut self.progs[id.0];
+                p.removing = true;
+                p.replacement = None;
+                p.want_running = false;
+            }
+        }
+        for new in &config.programs {
+            let replace = plan.is_changed(&new.name) || plan.added.contains(&new.name);
+            if !replace {
+                continue;
+            }
+            match self.find(&new.name) {
+                // Added, or added back while its removal is still under way.
+                Some(id) => {
+                    let p = &mut self.progs[id.0];
+                    p.removing = false;
+                    p.replacement = Some(Box::new(new.clone()));
+                }
+                None => {
+                    let mut p = Prog::new(new.autostart);
+                    p.held = true;
+                    self.cfg.push(new.clone());
+                    self.progs.push(p);
+                    self.sched.push(None);
+                    self.reschedule(now, self.progs.len() - 1);
+                }
+            }
+        }
+        self.layout();
+        // Programs with no process take their new state at once.
+        for i in 0..self.progs.len() {
+            let p = &self.progs[i];
+            if !p.retired && !p.live() && (p.removing || p.replacement.is_some()) {
+                self.finish_reload(now, ProgramId(i));
+            }
+        }
+        self.advance_reload(now);
+    }
+
+    /// The process of a program a reload removes or replaces is gone (or there was none).
+    fn finish_reload(&mut self, now: Instant, id: ProgramId) {
+        let p = &mut self.progs[id.0];
+        if p.removing {
+            p.clear_timers();
+            p.state = State::Stopped;
+            p.removing = false;
+            p.retired = true;
+            self.sched[id.0] = None;
+            self.events.push_back(Event::Removed { program: id });
+        } else if let Some(new) = p.replacement.take() {
+            let restarts = p.restarts;
+            let ever_spawned = p.ever_spawned;
+            *p = Prog::new(new.autostart);
+            p.restarts = restarts;
+            p.ever_spawned = ever_spawned;
+            p.held = true;
+            self.cfg[id.0] = *new;
+            self.events.push_back(Event::Replaced { program: id });
+            self.reschedule(now, id.0);
+        }
+        self.layout();
+    }
+
+    /// Stops the next level of programs the reload removes or replaces; once none is left,
+    /// starts what the reload holds back.
+    fn advance_reload(&mut self, now: Instant) {
+        let going: Vec<usize> = (0..self.progs.len())
+            .filter(|&i| {
+                let p = &self.progs[i];
+                !p.retired && p.live() && (p.removing || p.replacement.is_some())
+            })
+            .collect();
+        if going.is_empty() {
+            let mut released = false;
+            for p in &mut self.progs {
+                if p.held {
+                    p.held = false;
+                    released = true;
+                }
+            }
+            if released {
+                self.try_start_all(now);
+            }
+            return;
+        }
+        let top = going.iter().map(|&i| self.level[i]).max().unwrap_or(0);
+        for i in going {
+            if self.level[i] == top && self.progs[i].state != State::Stopping {
+                self.begin_stop(now, ProgramId(i), StopIntent::Reload, "reload".into());
+            }
+        }
+        for p in &mut self.progs {
+            if p.held {
+                p.reason = Some("waiting for the reload to stop the programs it replaces".into());
+            }
+        }
+    }
+
+    /// Whether a reload has yet to give the program its new definition or start it (until
+    /// then a RUNNING state is the old definition's).
+    pub fn reload_pending(&self, id: ProgramId) -> bool {
+        let p = &self.progs[id.0];
+        p.replacement.is_some() || p.held
+    }
+
+    /// Whether the program was removed by a reload (its id means nothing any more).
+    pub fn is_removed(&self, id: ProgramId) -> bool {
+        self.progs[id.0].retired
     }
 
     /// Starts every `autostart` program whose dependencies allow it.
@@ -540,14 +704,28 @@ impl Machine {
         &self.cfg[id.0]
     }
 
-    /// Looks a program up by name.
+    /// Looks a program up by name (removed programs are not found).
     pub fn find(&self, name: &str) -> Option<ProgramId> {
-        self.cfg.iter().position(|p| p.name == name).map(ProgramId)
+        self.ids().find(|id| self.cfg[id.0].name == name)
     }
 
-    /// Every program id in config order.
-    pub fn ids(&self) -> impl Iterator<Item = ProgramId> + use<> {
-        (0..self.cfg.len()).map(ProgramId)
+    /// The programs `name` addresses: the program of that name, or every instance of the
+    /// `numprocs` group of that name (in config order). Empty when neither exists.
+    pub fn find_all(&self, name: &str) -> Vec<ProgramId> {
+        match self.find(name) {
+            Some(id) => vec![id],
+            None => self
+                .ids()
+                .filter(|id| self.cfg[id.0].group.as_deref() == Some(name))
+                .collect(),
+        }
+    }
+
+    /// Every program id (config order, then programs added by reloads), removed ones left out.
+    pub fn ids(&self) -> impl Iterator<Item = ProgramId> + '_ {
+        (0..self.cfg.len())
+            .filter(|&i| !self.progs[i].retired)
+            .map(ProgramId)
     }
 
     /// Program ids in start order (dependencies first, then priority).
@@ -921,13 +1099,14 @@ impl Machine {
 
     /// Everything `status` shows.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let programs: Vec<ProgramStatus> = self
+        let mut programs: Vec<ProgramStatus> = self
             .ids()
             .map(|id| {
                 let c = &self.cfg[id.0];
                 let p = &self.progs[id.0];
                 ProgramStatus {
                     name: c.name.clone(),
+                    group: c.group.clone(),
                     state: p.state.name(),
                     pid: p.pid,
                     ready: p.state == State::Running,
@@ -957,6 +1136,8 @@ impl Machine {
                 }
             })
             .collect();
+        // Programs added by a reload come after the others in id order; `status` is by name.
+        programs.sort_by(|a, b| a.name.cmp(&b.name));
         let (healthy, reason) = if self.phase != Phase::Running {
             (false, "shutting down".to_string())
         } else {
@@ -1036,7 +1217,7 @@ impl Machine {
         for k in 0..self.order.len() {
             let id = self.order[k];
             let p = &self.progs[id.0];
-            if !p.want_running || p.live() || p.state != State::Stopped {
+            if !p.want_running || p.live() || p.state != State::Stopped || p.held {
                 continue;
             }
             match self.deps_hold(id) {
@@ -1197,8 +1378,14 @@ impl Machine {
             return;
         };
         if p.state == State::Stopping {
-            // Already stopping: a shutdown overrides any other intent, the deadline stays.
-            if intent == StopIntent::Shutdown {
+            // Already stopping: a shutdown overrides any other intent, a reload any but a
+            // shutdown; the deadline stays.
+            let overrides = match intent {
+                StopIntent::Shutdown => true,
+                StopIntent::Reload => p.stop_intent != Some(StopIntent::Shutdown),
+                _ => false,
+            };
+            if overrides {
                 p.stop_intent = Some(intent);
             }
             return;
@@ -1269,6 +1456,7 @@ impl Machine {
                     | StopIntent::Restart
                     | StopIntent::Shutdown
                     | StopIntent::Dependency(_)
+                    | StopIntent::Reload
             )
         });
         self.events.push_back(Event::Exited {
@@ -1310,6 +1498,14 @@ impl Machine {
             self.advance_shutdown(now);
             return;
         }
+        // A reload was waiting to stop this program, whatever ended it (its own crash, a failed
+        // probe): its old definition must not come back through a restart.
+        if p.removing || p.replacement.is_some() {
+            p.state = State::Stopped;
+            self.finish_reload(now, id);
+            self.advance_reload(now);
+            return;
+        }
         let failed_start = |reason: String| (true, reason);
         let (is_failed_start, reason) = match intent {
             Some(StopIntent::User) => {
@@ -1325,6 +1521,13 @@ impl Machine {
             }
             Some(StopIntent::Shutdown) => {
                 p.state = State::Stopped;
+                return;
+            }
+            // A reload that was overtaken (the program was added back unchanged): carry on.
+            Some(StopIntent::Reload) => {
+                p.state = State::Stopped;
+                self.advance_reload(now);
+                self.try_start_all(now);
                 return;
             }
             Some(StopIntent::Restart) => {

@@ -82,11 +82,6 @@ fn unknown_keys_suggest_the_nearest_known_key() {
          a copy in a rotated file is log_file = { path, max_bytes, backups } (one file for both streams)"
     );
     assert_eq!(
-        program_error("numprocs = 2"),
-        "3:1: unknown key \"numprocs\" in [program.web]: supervisord's process groups have no equivalent: \
-         each [program.NAME] runs one process"
-    );
-    assert_eq!(
         program_error("xyzzy = 1"),
         "3:1: unknown key \"xyzzy\" in [program.web]"
     );

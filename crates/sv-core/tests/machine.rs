@@ -735,6 +735,8 @@ enum Op {
     Stop(u8),
     Restart(u8),
     Ready(u8),
+    /// Two bits per program: keep, change its command, or remove it; bit 15 adds `extra`.
+    Reload(u16),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -746,13 +748,14 @@ fn op() -> impl Strategy<Value = Op> {
         any::<u8>().prop_map(Op::Stop),
         any::<u8>().prop_map(Op::Restart),
         any::<u8>().prop_map(Op::Ready),
+        any::<u16>().prop_map(Op::Reload),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
-    /// Whatever happens, a program never has two live processes, shutdown stops in reverse
-    /// order and ends within `shutdown_timeout`, and Exit comes exactly once.
+    /// Whatever happens (reloads included), a program never has two live processes, shutdown
+    /// stops in reverse order and ends within `shutdown_timeout`, and Exit comes exactly once.
     #[test]
     fn invariants_hold_under_random_events(
         prios in proptest::collection::vec(0i32..4, 1..6),
@@ -769,7 +772,9 @@ proptest! {
             c
         }).collect();
         let n = programs.len();
-        let mut w = World::new(config(programs));
+        let base = programs.clone();
+        let mut current = config(programs);
+        let mut w = World::new(current.clone());
         for (i, ig) in ignore.iter().enumerate().take(n) {
             if *ig { w.on_term.insert(format!("p{i}"), OnTerm::Ignore); }
         }
@@ -800,6 +805,29 @@ proptest! {
                 Op::Ready(k) => {
                     let id = ProgramId(k as usize % n);
                     if let Some(pid) = w.m.pid(id) { w.input(Input::Ready { program: id, pid }); }
+                }
+                Op::Reload(bits) => {
+                    let mut programs: Vec<ProgramConfig> = Vec::new();
+                    for (i, p) in base.iter().enumerate() {
+                        match (bits >> (2 * i)) & 3 {
+                            1 => {
+                                let mut c = p.clone();
+                                c.command.push(format!("-v{bits}"));
+                                programs.push(c);
+                            }
+                            2 => {}
+                            _ => programs.push(p.clone()),
+                        }
+                    }
+                    if bits & 0x8000 != 0 {
+                        programs.push(prog("extra"));
+                    }
+                    if programs.is_empty() { continue; }
+                    let new = config(programs);
+                    let plan = sv_core::plan::plan(&current, &new);
+                    w.m.apply(w.now, &new, &plan);
+                    w.pump();
+                    if !w.m.is_shutting_down() { current = new; }
                 }
             }
         }
@@ -1312,4 +1340,179 @@ fn without_max_rss_there_is_no_sampling_timer() {
         "an idle supervisor never wakes up"
     );
     assert!(w.rss_samples.is_empty());
+}
+
+/// Applies `new` as a reload against `old`, the way the runtime does.
+fn reload(w: &mut World, old: &Config, new: &Config) -> sv_core::plan::Plan {
+    let plan = sv_core::plan::plan(old, new);
+    w.m.apply(w.now, new, &plan);
+    w.pump();
+    plan
+}
+
+fn all_running(w: &World, names: &[&str]) -> bool {
+    names.iter().all(|n| {
+        w.m.find(n)
+            .is_some_and(|id| w.m.state(id) == State::Running)
+    })
+}
+
+#[test]
+fn reload_stops_removed_and_changed_programs_dependents_first_and_leaves_the_rest_alone() {
+    // b depends on c; both go (b removed, c changed). d depends on c but is unchanged.
+    let mut b = prog("b");
+    b.depends_on = vec![("c".into(), DependencyCondition::Ready)];
+    let mut d = prog("d");
+    d.depends_on = vec![("c".into(), DependencyCondition::Ready)];
+    let old = config(vec![prog("a"), b, prog("c"), d, prog("e")]);
+    let mut w = World::new(old.clone());
+    w.boot();
+    w.run_until(Duration::from_secs(10), |w| {
+        all_running(w, &["a", "b", "c", "d", "e"])
+    });
+    let pids: Vec<Option<i32>> = ["a", "d", "e"].iter().map(|n| w.m.pid(w.id(n))).collect();
+    let (signals_before, spawns_before) = (w.signals.len(), w.spawns.len());
+    // c's process takes a while to stop, so the order is observable.
+    w.on_term
+        .insert("c".into(), OnTerm::ExitAfter(Duration::from_millis(300)));
+
+    let mut c = prog("c");
+    c.command.push("--v2".into());
+    let mut f = prog("f");
+    f.depends_on = vec![("c".into(), DependencyCondition::Ready)];
+    let mut d = prog("d");
+    d.depends_on = vec![("c".into(), DependencyCondition::Ready)];
+    let new = config(vec![prog("a"), c, d, prog("e"), f]);
+    let plan = reload(&mut w, &old, &new);
+    assert_eq!(plan.added, ["f"]);
+    assert_eq!(plan.removed, ["b"]);
+    assert_eq!(plan.unchanged, ["a", "d", "e"]);
+    // Until the old set has stopped, c's RUNNING is its old definition and f is held.
+    assert!(w.m.reload_pending(w.id("c")) && w.m.reload_pending(w.id("f")));
+    assert!(!w.m.reload_pending(w.id("a")));
+
+    w.run_until(Duration::from_secs(20), |w| {
+        all_running(w, &["a", "c", "d", "e", "f"])
+    });
+    assert_eq!(w.m.find("b"), None, "b is gone");
+    assert!(!w.m.reload_pending(w.id("c")) && !w.m.reload_pending(w.id("f")));
+    assert_eq!(w.m.program(w.id("c")).command, ["/bin/true", "--v2"]);
+    let signalled: Vec<&str> = w.signals[signals_before..]
+        .iter()
+        .map(|(_, n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        signalled,
+        ["b", "c"],
+        "dependents first, untouched ones never"
+    );
+    let spawned: Vec<&str> = w.spawns[spawns_before..]
+        .iter()
+        .map(|(_, n)| n.as_str())
+        .collect();
+    assert_eq!(spawned, ["c", "f"], "f waits for the new c");
+    let after: Vec<Option<i32>> = ["a", "d", "e"].iter().map(|n| w.m.pid(w.id(n))).collect();
+    assert_eq!(after, pids);
+    // b's stop was asked for and expected: nothing shut the supervisor down.
+    assert!(!w.m.is_shutting_down());
+    let names: Vec<String> =
+        w.m.snapshot(w.now)
+            .programs
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+    assert_eq!(names, ["a", "c", "d", "e", "f"]);
+}
+
+#[test]
+fn reloading_the_same_config_emits_nothing() {
+    let old = config(vec![prog("a"), prog("b")]);
+    let mut w = World::new(old.clone());
+    w.boot();
+    w.run_until(Duration::from_secs(10), |w| all_running(w, &["a", "b"]));
+    while w.m.poll_event().is_some() {}
+    let plan = sv_core::plan::plan(&old, &old);
+    w.m.apply(w.now, &old, &plan);
+    assert_eq!(w.m.poll_action(), None);
+    assert_eq!(w.m.poll_event(), None);
+}
+
+#[test]
+fn programs_without_a_process_change_at_once() {
+    let mut idle = prog("idle");
+    idle.autostart = false;
+    let old = config(vec![prog("a"), idle.clone(), prog("gone")]);
+    let mut w = World::new(old.clone());
+    w.input(Input::StopRequested(w.id("gone")));
+    w.boot();
+    let gone = w.id("gone");
+    let mut idle2 = idle;
+    idle2.command.push("-x".into());
+    let new = config(vec![prog("a"), idle2]);
+    reload(&mut w, &old, &new);
+    assert_eq!(w.m.find("gone"), None);
+    assert_eq!(w.m.program(w.id("idle")).command, ["/bin/true", "-x"]);
+    assert_eq!(
+        w.state("idle"),
+        State::Stopped,
+        "autostart = false still holds"
+    );
+    let ev: Vec<Event> = std::iter::from_fn(|| w.m.poll_event()).collect();
+    assert!(ev.contains(&Event::Removed { program: gone }), "{ev:?}");
+}
+
+#[test]
+fn a_shutdown_during_a_reload_still_ends_with_exit() {
+    let old = config(vec![prog("a"), prog("b")]);
+    let mut w = World::new(old.clone());
+    w.boot();
+    w.run_until(Duration::from_secs(10), |w| all_running(w, &["a", "b"]));
+    w.on_term.insert("b".into(), OnTerm::Ignore);
+    let mut b = prog("b");
+    b.command.push("-x".into());
+    reload(&mut w, &old, &config(vec![prog("a"), b]));
+    w.input(Input::ShutdownRequested);
+    w.run_until(Duration::from_secs(30), |w| w.exit_code.is_some());
+    assert_eq!(w.exit_code, Some(0));
+}
+
+#[test]
+fn a_changed_program_that_exits_by_itself_before_its_turn_comes_back_with_the_new_definition() {
+    let mut a = prog("a");
+    a.depends_on = vec![("b".into(), DependencyCondition::Ready)];
+    let old = config(vec![a.clone(), prog("b")]);
+    let mut w = World::new(old.clone());
+    w.boot();
+    w.run_until(Duration::from_secs(10), |w| all_running(w, &["a", "b"]));
+    // a (the dependent) is stopped first and takes its time; b waits for its turn.
+    w.on_term
+        .insert("a".into(), OnTerm::ExitAfter(Duration::from_millis(500)));
+    let spawns_before = w.spawns.len();
+    let (mut a2, mut b2) = (a, prog("b"));
+    a2.command.push("--v2".into());
+    b2.command.push("--v2".into());
+    reload(&mut w, &old, &config(vec![a2, b2]));
+    assert_eq!(w.state("b"), State::Running, "b's turn has not come");
+    // b's old process crashes meanwhile.
+    let b_pid = w.m.pid(w.id("b")).unwrap();
+    w.procs.remove(&b_pid);
+    w.input(Input::Exited {
+        pid: b_pid,
+        status: ExitStatus::Code(1),
+    });
+    w.run_until(Duration::from_secs(20), |w| {
+        all_running(w, &["a", "b"]) && w.spawns.len() >= spawns_before + 2
+    });
+    for n in ["a", "b"] {
+        assert_eq!(w.m.program(w.id(n)).command, ["/bin/true", "--v2"], "{n}");
+    }
+    let spawned: Vec<&str> = w.spawns[spawns_before..]
+        .iter()
+        .map(|(_, n)| n.as_str())
+        .collect();
+    assert_eq!(
+        spawned,
+        ["b", "a"],
+        "only new definitions, dependency first"
+    );
 }

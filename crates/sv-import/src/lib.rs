@@ -3,7 +3,8 @@
 //! [`import_file`] reads a `supervisord.conf` (and the files its `[include]` names), reproduces
 //! what supervisord itself would make of it — Python `configparser` syntax, `%(name)s`
 //! expansion, `shlex` splitting of `command=` and `environment=`, `numprocs` expansion — and
-//! writes an equivalent iot2mqtt-sv config. Everything without an equivalent is kept as a comment
+//! writes an equivalent iot2mqtt-sv config (`numprocs` folded back into one group where a
+//! `{num}` template says exactly the same, see `group.rs`). Everything without an equivalent is kept as a comment
 //! in the output and reported as a [`Warning`] saying what to do instead; everything supervisord
 //! itself would reject is an [`ImportError`] with its file and line.
 //!
@@ -17,6 +18,7 @@
 
 mod env;
 mod expand;
+mod group;
 mod ini;
 mod load;
 mod shlex;

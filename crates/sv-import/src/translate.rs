@@ -625,8 +625,11 @@ fn program_section(
         ));
     };
     options.notes.sort_by_key(|n| (n.file.clone(), n.line));
-    let programs = (options.numprocs_start..options.numprocs_start + options.numprocs)
-        .map(|num| {
+    let nums: Vec<i64> =
+        (options.numprocs_start..options.numprocs_start + options.numprocs).collect();
+    let programs = nums
+        .iter()
+        .map(|&num| {
             let process = Process {
                 num,
                 numprocs: options.numprocs,
@@ -634,6 +637,11 @@ fn program_section(
             reader.process(&options, command, process)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // One group when it says the same as the separate programs (see `group.rs`).
+    let table = sanitize_name(reader.program_name);
+    if let Some(group) = crate::group::fold(&programs, &nums, &table) {
+        return Ok((vec![group], Vec::new()));
+    }
     Ok((programs, Vec::new()))
 }
 

@@ -260,25 +260,75 @@ fn supervisord_environment_is_merged_and_program_values_win() {
     assert_eq!(env["C"].as_str(), Some("own"));
 }
 
+/// One program as the supervisor runs it: name, argv, environment.
+type Effective = (String, Vec<String>, Vec<(String, String)>);
+
+/// The programs a config means, as the supervisor reads it.
+fn effective(toml_text: &str) -> Vec<Effective> {
+    let config = sv_core::config::parse(toml_text, Path::new("out.toml"), &|_| None)
+        .unwrap_or_else(|e| panic!("the import does not validate:\n{e}\n{toml_text}"));
+    config
+        .programs
+        .into_iter()
+        .map(|p| (p.name, p.command, p.environment))
+        .collect()
+}
+
 #[test]
-fn numprocs_expand_into_named_programs() {
+fn numprocs_become_a_group_with_the_same_programs() {
     let text = "[program:worker]\n\
                 command=/bin/worker --id %(process_num)d --of %(numprocs)d\n\
                 process_name=%(program_name)s_%(process_num)02d\n\
+                environment=SLOT=\"s%(process_num)d\"\n\
                 numprocs=3\nnumprocs_start=1\npriority=5\n";
-    let doc = parse(&import_text(text).unwrap());
-    let programs = doc["program"].as_table().unwrap();
-    let names: Vec<&String> = programs.keys().collect();
+    let import = import_text(text).unwrap();
+    let doc = parse(&import);
+    let w = program(&doc, "worker");
+    assert_eq!(w["numprocs"].as_integer(), Some(3));
+    assert_eq!(w["numprocs_start"].as_integer(), Some(1));
+    assert_eq!(w["process_name"].as_str(), Some("worker_{num:02}"));
+    assert_eq!(w["priority"].as_integer(), Some(5));
+    let programs = effective(&import.toml);
+    let w2 = &programs[1];
+    assert_eq!(w2.0, "worker_02");
+    assert_eq!(w2.1, ["/bin/worker", "--id", "2", "--of", "3"]);
+    assert_eq!(w2.2, [("SLOT".to_string(), "s2".to_string())]);
+    let names: Vec<&str> = programs.iter().map(|p| p.0.as_str()).collect();
     assert_eq!(names, ["worker_01", "worker_02", "worker_03"]);
-    let w2 = program(&doc, "worker_02");
-    let argv: Vec<&str> = w2["command"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
-    assert_eq!(argv, ["/bin/worker", "--id", "2", "--of", "3"]);
-    assert_eq!(w2["priority"].as_integer(), Some(5));
+}
+
+#[test]
+fn numprocs_stay_separate_programs_when_no_template_says_the_same() {
+    // The directory differs per process, and `directory` has no {num}.
+    let text = "[program:worker]\n\
+                command=/bin/worker\n\
+                directory=/data/%(process_num)d\n\
+                process_name=w%(process_num)d\n\
+                numprocs=2\n";
+    let doc = parse(&import_text(text).unwrap());
+    let names: Vec<&String> = doc["program"].as_table().unwrap().keys().collect();
+    assert_eq!(names, ["w0", "w1"]);
+    assert_eq!(program(&doc, "w1")["directory"].as_str(), Some("/data/1"));
+}
+
+#[test]
+fn the_folded_corpus_means_the_same_programs_as_the_expanded_one() {
+    // The numprocs corpus as it was imported when every process became its own program.
+    let expanded = "[program.worker-01]\n\
+        command = [\"/app/worker\", \"--slot\", \"1\", \"--of\", \"3\", \"--group\", \"workers\"]\n\
+        priority = 50\nenvironment = { SLOT = \"1\", WORKER_NAME = \"worker\" }\n\
+        [program.worker-02]\n\
+        command = [\"/app/worker\", \"--slot\", \"2\", \"--of\", \"3\", \"--group\", \"workers\"]\n\
+        priority = 50\nenvironment = { SLOT = \"2\", WORKER_NAME = \"worker\" }\n\
+        [program.worker-03]\n\
+        command = [\"/app/worker\", \"--slot\", \"3\", \"--of\", \"3\", \"--group\", \"workers\"]\n\
+        priority = 50\nenvironment = { SLOT = \"3\", WORKER_NAME = \"worker\" }\n\
+        [program.indexer]\ncommand = [\"/app/indexer\", \"--name\", \"indexer\", \"--group\", \"workers\"]\n\
+        priority = 60\n\
+        [program.solo_gateway-7]\ncommand = [\"/app/solo\"]\n";
+    let folded = import_case(&crate_dir().join("tests/corpus/numprocs"));
+    assert!(folded.toml.contains("numprocs = 3"), "{}", folded.toml);
+    assert_eq!(effective(&folded.toml), effective(expanded));
 }
 
 #[test]

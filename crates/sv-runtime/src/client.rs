@@ -99,7 +99,10 @@ fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Value, Client
 /// Exit code for a failure reply: usage errors (unknown names, bad requests) are 2.
 fn failure_code(reply: &Value) -> i32 {
     match reply["error"]["code"].as_str() {
-        Some(code::UNKNOWN_PROGRAM) | Some(code::UNKNOWN_SIGNAL) | Some(code::BAD_REQUEST) => 2,
+        Some(code::UNKNOWN_PROGRAM)
+        | Some(code::UNKNOWN_SIGNAL)
+        | Some(code::BAD_REQUEST)
+        | Some(code::INVALID_CONFIG) => 2,
         _ => 1,
     }
 }
@@ -319,21 +322,7 @@ pub fn control(
     if json {
         writeln!(out, "{reply}")?;
     } else {
-        for r in reply["results"].as_array().into_iter().flatten() {
-            let name = r["name"].as_str().unwrap_or("?");
-            let state = r["state"].as_str().map(str::to_lowercase);
-            let msg = r["message"].as_str();
-            match (r["ok"] == true, state, msg) {
-                (true, Some(s), _) => writeln!(out, "{name}: {s}")?,
-                (true, None, _) => writeln!(out, "{name}: ok")?,
-                (false, s, m) => writeln!(
-                    err,
-                    "{name}: {}{}",
-                    s.unwrap_or_else(|| "failed".into()),
-                    m.map(|m| format!(" ({m})")).unwrap_or_default()
-                )?,
-            }
-        }
+        print_results(&reply, out, err)?;
     }
     if reply["ok"] == true {
         Ok(0)
@@ -341,6 +330,98 @@ pub fn control(
         if !json {
             print_error(err, &reply);
         }
+        Ok(failure_code(&reply))
+    }
+}
+
+/// One line per program of a reply's `results`: `name: state` or, on stderr, why not.
+fn print_results(reply: &Value, out: &mut dyn Write, err: &mut dyn Write) -> std::io::Result<()> {
+    for r in reply["results"].as_array().into_iter().flatten() {
+        let name = r["name"].as_str().unwrap_or("?");
+        let state = r["state"].as_str().map(str::to_lowercase);
+        let msg = r["message"].as_str();
+        match (r["ok"] == true, state, msg) {
+            (true, Some(s), _) => writeln!(out, "{name}: {s}")?,
+            (true, None, _) => writeln!(out, "{name}: ok")?,
+            (false, s, m) => writeln!(
+                err,
+                "{name}: {}{}",
+                s.unwrap_or_else(|| "failed".into()),
+                m.map(|m| format!(" ({m})")).unwrap_or_default()
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// `reload [--dry-run]`: the plan, then (unless a dry run) each program's outcome.
+/// An invalid config prints every error and exits 2.
+pub fn reload(
+    socket: &Path,
+    dry_run: bool,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, ClientError> {
+    let req = Request::Reload { dry_run };
+    if json {
+        return control(socket, &req, true, out, err);
+    }
+    let reply = call(socket, &req, REPLY_TIMEOUT)?;
+    for e in reply["errors"].as_array().into_iter().flatten() {
+        writeln!(
+            err,
+            "iot2mqtt-sv: error: {}",
+            e.as_str().unwrap_or_default()
+        )?;
+    }
+    let plan = &reply["plan"];
+    let names = |key: &str| -> Vec<String> {
+        plan[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    for n in names("added") {
+        writeln!(out, "add      {n}")?;
+    }
+    for n in names("removed") {
+        writeln!(out, "remove   {n}")?;
+    }
+    for c in plan["changed"].as_array().into_iter().flatten() {
+        let reasons: Vec<&str> = c["reasons"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let name = c["name"].as_str().unwrap_or("?");
+        writeln!(out, "restart  {name} ({})", reasons.join(", "))?;
+    }
+    let unchanged = names("unchanged");
+    if !unchanged.is_empty() {
+        writeln!(out, "keep     {}", unchanged.join(", "))?;
+    }
+    for k in names("not_applied") {
+        writeln!(out, "not applied until the supervisor restarts: {k}")?;
+    }
+    if !plan.is_null() && plan["added"] == serde_json::json!([]) {
+        let nothing = ["removed", "changed"]
+            .iter()
+            .all(|k| plan[*k] == serde_json::json!([]));
+        if nothing {
+            writeln!(out, "nothing to change")?;
+        }
+    }
+    if reply["applied"] == true {
+        print_results(&reply, out, err)?;
+    }
+    if reply["ok"] == true {
+        Ok(0)
+    } else {
+        print_error(err, &reply);
         Ok(failure_code(&reply))
     }
 }

@@ -47,6 +47,11 @@ pub enum Request {
     },
     /// A status object now and on every change (used by the bridge).
     Watch,
+    /// Read the config file again and apply what changed (`dry_run`: only answer the plan).
+    Reload {
+        #[serde(default)]
+        dry_run: bool,
+    },
     /// Readiness of kind `bridge`, reported by the bridge on behalf of a program.
     Ready {
         program: String,
@@ -76,6 +81,8 @@ pub mod code {
     /// The connection was refused: `max_control_connections` are open already. Sent unasked,
     /// as the only line, before the supervisor closes the connection.
     pub const BUSY: &str = "busy";
+    /// `reload`: the config file is invalid (every problem is in `errors`); nothing changed.
+    pub const INVALID_CONFIG: &str = "invalid_config";
 }
 
 /// A failure reply's `error` object.
@@ -136,6 +143,7 @@ mod tests {
                 follow: true,
             },
             Request::Watch,
+            Request::Reload { dry_run: true },
             Request::Ready {
                 program: "a".into(),
                 pid: Some(3),

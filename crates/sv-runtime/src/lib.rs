@@ -10,6 +10,7 @@ pub mod logs;
 pub mod notify;
 pub mod probe;
 pub mod reap;
+pub mod reload;
 pub mod rlimits;
 mod server;
 pub mod signals;

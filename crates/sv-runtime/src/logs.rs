@@ -743,6 +743,22 @@ impl LogHub {
         Ok(())
     }
 
+    /// A reload's new definition of `program`: its lines go to the file `cfg` describes from
+    /// now on, or to no file (`None`; the old file's writer finishes what it was given).
+    pub fn set_log_file(
+        &self,
+        program: &str,
+        cfg: Option<&sv_core::config::LogFileConfig>,
+    ) -> io::Result<()> {
+        if let Some(cfg) = cfg {
+            return self.add_log_file(program, cfg);
+        }
+        if let Some(p) = self.files_lock().get_mut(program) {
+            p.file = None;
+        }
+        Ok(())
+    }
+
     /// Lines of `program` its log file dropped; `None` when it has none.
     pub fn log_file_dropped(&self, program: &str) -> Option<u64> {
         let programs = self.files_lock();

@@ -10,7 +10,6 @@
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use sv_core::machine::Snapshot;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -35,7 +34,6 @@ pub(crate) struct Context {
     pub(crate) control: mpsc::Sender<ControlMsg>,
     pub(crate) snapshots: watch::Receiver<Snapshot>,
     pub(crate) logs: LogHub,
-    pub(crate) names: Arc<Vec<String>>,
 }
 
 /// Creates the socket: parent directory (0755 when created), stale socket removed, mode set.
@@ -163,7 +161,13 @@ async fn connection(stream: UnixStream, ctx: Context, mut stop: watch::Receiver<
                 lines,
                 follow,
             }) => {
-                if !ctx.names.contains(&program) {
+                if !ctx
+                    .snapshots
+                    .borrow()
+                    .programs
+                    .iter()
+                    .any(|p| p.name == program)
+                {
                     error_reply(
                         code::UNKNOWN_PROGRAM,
                         format!("no program named {program:?}"),

@@ -46,6 +46,8 @@ pub struct Options {
     pub control_socket: PathBuf,
     /// Added to every program's environment (e.g. `IOT2MQTT_SV_BRIDGE_SOCKET`).
     pub extra_env: Vec<(String, String)>,
+    /// Where `SIGHUP` and the `reload` op read the config again (`None`: reload is refused).
+    pub reload: Option<crate::reload::Source>,
 }
 
 /// A message from a helper task to the loop.
@@ -73,24 +75,27 @@ pub(crate) struct ControlMsg {
     pub(crate) reply: oneshot::Sender<serde_json::Value>,
 }
 
-/// A control request's outcome: a reply now, or a wait for programs to reach a goal.
+/// A control request's outcome: a reply now, or a wait for programs to reach their goals
+/// (with fields to add to the final reply).
 #[derive(Debug)]
 enum Answer {
     Now(serde_json::Value),
-    Wait(Vec<ProgramId>, Goal),
+    Wait(Vec<(ProgramId, Goal)>, Option<serde_json::Value>),
 }
 
-/// What a pending `start`/`stop`/`restart` waits for.
+/// What a pending `start`/`stop`/`restart`/`reload` waits for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Goal {
     Running,
     Stopped,
+    /// Removed by a reload, its process gone.
+    Removed,
 }
 
 #[derive(Debug)]
 struct Waiter {
-    ids: Vec<ProgramId>,
-    goal: Goal,
+    ids: Vec<(ProgramId, Goal)>,
+    extra: Option<serde_json::Value>,
     deadline: Instant,
     reply: oneshot::Sender<serde_json::Value>,
 }
@@ -131,6 +136,11 @@ struct Supervisor {
     /// Every program's `user`, resolved once when the config is loaded (passwd and group
     /// lookups may block, so they are kept out of each start); see [`spawn::resolve_users`].
     users: HashMap<String, spawn::ResolvedUser>,
+    /// The effective config the machine runs (what the next reload is compared with).
+    config: Config,
+    reload: Option<crate::reload::Source>,
+    rundir: PathBuf,
+    stop_rx: watch::Receiver<bool>,
 }
 
 /// Runs the supervisor until it has shut down; returns the process exit code.
@@ -190,13 +200,6 @@ pub async fn run(opts: Options) -> i32 {
 
     let machine = Machine::new(&opts.config, seed());
     let (snapshot_tx, snapshot_rx) = watch::channel(machine.snapshot(Instant::now()));
-    let names: Arc<Vec<String>> = Arc::new(
-        opts.config
-            .programs
-            .iter()
-            .map(|p| p.name.clone())
-            .collect(),
-    );
 
     // The control socket. A supervisor that cannot create it keeps supervising (a crash loop
     // would help nobody) but says so loudly; `health` will then report it unreachable.
@@ -215,7 +218,6 @@ pub async fn run(opts: Options) -> i32 {
                 control: control_tx.clone(),
                 snapshots: snapshot_rx.clone(),
                 logs: logs.clone(),
-                names: names.clone(),
             };
             let limit = crate::limit::ConnLimit::new(settings.max_control_connections);
             tokio::spawn(crate::server::serve(listener, ctx, limit, stop_rx.clone()));
@@ -271,9 +273,14 @@ pub async fn run(opts: Options) -> i32 {
         http_addr,
         exit: None,
         users: spawn::resolve_users(&opts.config.programs),
+        config: opts.config,
+        reload: opts.reload,
+        rundir,
+        stop_rx,
     };
-    sup.bind_notify_sockets(&rundir, &opts.config.programs, stop_rx.clone());
-    for p in &opts.config.programs {
+    let ids: Vec<ProgramId> = sup.machine.ids().collect();
+    sup.bind_notify_sockets(&ids);
+    for p in &sup.config.programs {
         if let Some(file) = &p.log_file {
             if let Err(e) = sup.logs.add_log_file(&p.name, file) {
                 error!(program = %p.name, error = %e, "cannot start the log file writer; output goes to stdout only");
@@ -281,7 +288,7 @@ pub async fn run(opts: Options) -> i32 {
         }
     }
 
-    if opts.config.programs.iter().any(|p| p.schedule.is_some()) {
+    if sup.config.programs.iter().any(|p| p.schedule.is_some()) {
         sup.machine.set_time_zone(schedule_time_zone());
     }
     let now = Instant::now();
@@ -402,27 +409,26 @@ impl Supervisor {
             .min()
     }
 
-    fn bind_notify_sockets(
-        &mut self,
-        rundir: &Path,
-        programs: &[ProgramConfig],
-        stop: watch::Receiver<bool>,
-    ) {
+    /// Binds the sd_notify socket of every program in `ids` that needs one and has none yet.
+    fn bind_notify_sockets(&mut self, ids: &[ProgramId]) {
         let wants =
             |p: &ProgramConfig| p.readiness.check == ReadinessCheck::Notify || p.watchdog.is_some();
-        if !programs.iter().any(wants) {
+        let ids: Vec<ProgramId> = ids
+            .iter()
+            .copied()
+            .filter(|id| wants(self.machine.program(*id)) && !self.notify_paths.contains_key(id))
+            .collect();
+        if ids.is_empty() {
             return;
         }
-        let dir = rundir.join("notify");
+        let dir = self.rundir.join("notify");
         if let Err(e) = std::fs::create_dir_all(&dir) {
             error!(dir = %dir.display(), error = %e, "cannot create the sd_notify directory");
             return;
         }
-        for (i, p) in programs.iter().enumerate() {
-            if !wants(p) {
-                continue;
-            }
-            let id = ProgramId(i);
+        for id in ids {
+            let p = self.machine.program(id);
+            let stop = &self.stop_rx;
             let path = dir.join(format!("{}.sock", p.name));
             let owner = p.user.as_deref().and_then(resolve_uid);
             match NotifySocket::bind(&path, owner) {
@@ -735,7 +741,12 @@ impl Supervisor {
                 info!(signal = signal_name(sig), "received shutdown signal");
                 self.machine.handle(now, Input::ShutdownRequested);
             }
-            SIGHUP | SIGUSR1 | SIGUSR2 | SIGWINCH => {
+            // supervisord's meaning: read the config again and apply what changed.
+            SIGHUP => {
+                info!("received SIGHUP: reloading the config");
+                let _ = self.reload(now, false);
+            }
+            SIGUSR1 | SIGUSR2 | SIGWINCH => {
                 let Some(signal) = signal_name(sig)
                     .strip_prefix("SIG")
                     .and_then(|s| s.parse::<Signal>().ok())
@@ -860,14 +871,24 @@ impl Supervisor {
         if names.iter().any(|n| n == "all") {
             return Ok(self.machine.ids().collect());
         }
-        names
-            .iter()
-            .map(|n| {
-                self.machine.find(n).ok_or_else(|| {
-                    error_reply(code::UNKNOWN_PROGRAM, format!("no program named {n:?}"))
-                })
-            })
-            .collect()
+        // A `numprocs` group name stands for all its instances; a program named twice (as
+        // itself and through its group) is acted on once.
+        let mut ids = Vec::new();
+        for n in names {
+            let found = self.machine.find_all(n);
+            if found.is_empty() {
+                return Err(error_reply(
+                    code::UNKNOWN_PROGRAM,
+                    format!("no program named {n:?}"),
+                ));
+            }
+            for id in found {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
     }
 
     fn on_control(&mut self, msg: ControlMsg) {
@@ -877,9 +898,9 @@ impl Supervisor {
             Answer::Now(v) => {
                 let _ = reply.send(v);
             }
-            Answer::Wait(ids, goal) => self.waiters.push(Waiter {
+            Answer::Wait(ids, extra) => self.waiters.push(Waiter {
                 ids,
-                goal,
+                extra,
                 deadline: now + CONTROL_WAIT,
                 reply,
             }),
@@ -907,12 +928,12 @@ impl Supervisor {
                     serde_json::json!({"healthy": snap.healthy, "reason": snap.reason}),
                 ))
             }
-            Request::Start { programs }
-            | Request::Stop { programs }
-            | Request::Restart { programs }
+            Request::Start { .. }
+            | Request::Stop { .. }
+            | Request::Restart { .. }
+            | Request::Reload { .. }
                 if self.machine.is_shutting_down() =>
             {
-                let _ = programs;
                 answer(error_reply(
                     code::SHUTTING_DOWN,
                     "the supervisor is shutting down",
@@ -927,6 +948,16 @@ impl Supervisor {
             Request::Restart { programs } => {
                 self.order(now, &programs, Input::RestartRequested, Goal::Running)
             }
+            Request::Reload { dry_run } => match self.reload(now, dry_run) {
+                Err(reply) => answer(reply),
+                Ok((plan, _)) if dry_run => answer(ok_reply(
+                    serde_json::json!({"plan": plan, "applied": false, "results": []}),
+                )),
+                Ok((plan, goals)) => Answer::Wait(
+                    goals,
+                    Some(serde_json::json!({"plan": plan, "applied": true})),
+                ),
+            },
             Request::Signal { signal, programs } => {
                 let sig = match signal.parse::<Signal>() {
                     Ok(s) => s,
@@ -1036,7 +1067,7 @@ impl Supervisor {
                 for &id in &ids {
                     self.machine.handle(now, input(id));
                 }
-                Answer::Wait(ids, goal)
+                Answer::Wait(ids.into_iter().map(|id| (id, goal)).collect(), None)
             }
             Err(e) => Answer::Now(e),
         }
@@ -1059,7 +1090,9 @@ impl Supervisor {
                 let Some(d) = self.machine.find(name) else {
                     return false;
                 };
-                let ds = &snap.programs[d.0];
+                let Some(ds) = status_of(snap, &self.machine.program(d).name) else {
+                    return false;
+                };
                 match ds.state {
                     "STARTING" | "BACKOFF" | "STOPPING" => true,
                     "RUNNING" => *cond == DependencyCondition::Completed,
@@ -1084,9 +1117,22 @@ impl Supervisor {
         for w in waiters {
             let mut done = true;
             let mut results = Vec::new();
-            for &id in &w.ids {
-                let s = &snap.programs[id.0];
-                let (reached, failed) = match w.goal {
+            for &(id, goal) in &w.ids {
+                let name = &self.machine.program(id).name;
+                let Some(s) = status_of(&snap, name).filter(|_| !self.machine.is_removed(id))
+                else {
+                    // Gone: what a removal waits for, and the end of any other wait.
+                    let reached = goal == Goal::Removed;
+                    results.push(serde_json::json!({
+                        "name": name, "ok": reached, "state": "REMOVED", "pid": null,
+                        "message": (!reached).then_some("removed by a reload"),
+                    }));
+                    continue;
+                };
+                let (reached, failed) = match goal {
+                    Goal::Removed => (false, false),
+                    // Still the old definition, or held until the reload has stopped the rest.
+                    Goal::Running if self.machine.reload_pending(id) => (false, false),
                     Goal::Stopped => (
                         self.machine.pid(id).is_none()
                             && !matches!(s.state, "STARTING" | "STOPPING"),
@@ -1115,15 +1161,143 @@ impl Supervisor {
                 continue;
             }
             let ok = results.iter().all(|r| r["ok"] == true);
-            let reply = if ok {
+            let mut reply = if ok {
                 ok_reply(serde_json::json!({"results": results}))
             } else {
                 let mut v = error_reply(code::FAILED, "not every program reached its goal");
                 v["results"] = serde_json::Value::Array(results);
                 v
             };
+            if let (Some(obj), Some(serde_json::Value::Object(extra))) =
+                (reply.as_object_mut(), w.extra)
+            {
+                obj.extend(extra);
+            }
             let _ = w.reply.send(reply);
         }
+    }
+
+    /// Reads the config again and, unless `dry_run`, applies it as a diff. Returns the plan and
+    /// what a `reload` request waits for, or the error reply (every problem of an invalid
+    /// config, which changes nothing).
+    fn reload(
+        &mut self,
+        now: Instant,
+        dry_run: bool,
+    ) -> Result<(sv_core::plan::Plan, Vec<(ProgramId, Goal)>), serde_json::Value> {
+        let Some(source) = &self.reload else {
+            return Err(error_reply(
+                code::NOT_APPLICABLE,
+                "this supervisor was started without a config file to reload",
+            ));
+        };
+        let new = match source.load() {
+            Ok(c) => c,
+            Err(errors) => {
+                error!(
+                    config = %source.path.display(),
+                    "reload refused, nothing changed: {}",
+                    errors.join("; ")
+                );
+                let mut v = error_reply(
+                    code::INVALID_CONFIG,
+                    format!("{} is invalid; nothing changed", source.path.display()),
+                );
+                v["errors"] = serde_json::json!(errors);
+                return Err(v);
+            }
+        };
+        let (new, plan) = source.prepare(&self.config, new);
+        if dry_run {
+            return Ok((plan, Vec::new()));
+        }
+        let changed: Vec<&str> = plan.changed.iter().map(|c| c.name.as_str()).collect();
+        info!(
+            added = ?plan.added,
+            removed = ?plan.removed,
+            changed = ?changed,
+            unchanged = plan.unchanged.len(),
+            "reload: applying the new config"
+        );
+        if !plan.not_applied.is_empty() {
+            warn!(
+                keys = ?plan.not_applied,
+                "reload: these changes take effect only when the supervisor restarts"
+            );
+        }
+        // What the running set resolved once per config load (users, the schedules' zone and
+        // wall clock) is resolved again for the new one before the machine plans with it.
+        self.users = spawn::resolve_users(&new.programs);
+        if new.programs.iter().any(|p| p.schedule.is_some()) {
+            self.machine.set_time_zone(schedule_time_zone());
+        }
+        self.machine.set_wall_clock(now, jiff::Timestamp::now());
+        self.machine.apply(now, &new, &plan);
+        for name in plan.changed.iter().map(|c| &c.name).chain(&plan.added) {
+            let file = new
+                .programs
+                .iter()
+                .find(|p| &p.name == name)
+                .and_then(|p| p.log_file.as_ref());
+            if let Err(e) = self.logs.set_log_file(name, file) {
+                error!(program = %name, error = %e, "cannot start the log file writer; output goes to stdout only");
+            }
+        }
+        for name in &plan.removed {
+            let _ = self.logs.set_log_file(name, None);
+        }
+        self.config = new;
+        let mut goals = Vec::new();
+        for name in plan.changed.iter().map(|c| &c.name).chain(&plan.added) {
+            if let Some(id) = self.machine.find(name) {
+                if self.machine.program(id).autostart {
+                    goals.push((id, Goal::Running));
+                }
+            }
+        }
+        // Removed programs are found until their process is gone.
+        for id in self.machine_ids_named(&plan.removed) {
+            goals.push((id, Goal::Removed));
+        }
+        let ids: Vec<ProgramId> = goals.iter().map(|(id, _)| *id).collect();
+        self.bind_notify_sockets(&ids);
+        self.reown_notify_sockets(&plan);
+        Ok((plan, goals))
+    }
+
+    /// A program whose `user` changed must still be able to write to its sd_notify socket,
+    /// which was bound (mode 0600) for the old user.
+    fn reown_notify_sockets(&self, plan: &sv_core::plan::Plan) {
+        for c in plan
+            .changed
+            .iter()
+            .filter(|c| c.reasons.iter().any(|r| r == "user"))
+        {
+            let Some(path) = self
+                .machine
+                .find(&c.name)
+                .and_then(|id| self.notify_paths.get(&id))
+            else {
+                continue;
+            };
+            let user = self
+                .config
+                .programs
+                .iter()
+                .find(|p| p.name == c.name)
+                .and_then(|p| p.user.as_deref());
+            let uid = user
+                .and_then(resolve_uid)
+                .unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+            if let Err(e) = std::os::unix::fs::lchown(path, Some(uid), None) {
+                warn!(program = %c.name, path = %path.display(), error = %e, "cannot hand the sd_notify socket to the new user");
+            }
+        }
+    }
+
+    /// The ids of the named programs that the machine still knows.
+    fn machine_ids_named(&self, names: &[String]) -> Vec<ProgramId> {
+        names.iter().filter_map(|n| self.machine.find(n)).collect()
     }
 
     fn log_event(&self, ev: Event) {
@@ -1178,8 +1352,19 @@ impl Supervisor {
             Event::Scheduled { program, what } => {
                 info!(program = %self.name(program), "{what}")
             }
+            Event::Removed { program } => {
+                info!(program = %self.name(program), "removed by the reload")
+            }
+            Event::Replaced { program } => {
+                info!(program = %self.name(program), "new definition from the reload")
+            }
         }
     }
+}
+
+/// A program's entry in a snapshot, by name (ids index the machine's slots, not the snapshot).
+fn status_of<'s>(snap: &'s Snapshot, name: &str) -> Option<&'s sv_core::machine::ProgramStatus> {
+    snap.programs.iter().find(|p| p.name == name)
 }
 
 fn signal_name(sig: i32) -> &'static str {

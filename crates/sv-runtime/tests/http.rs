@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
     ProgramStatus {
         name: name.into(),
+        group: None,
         state,
         pid: Some(100),
         ready: healthy,

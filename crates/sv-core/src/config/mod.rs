@@ -11,6 +11,7 @@ mod diag;
 mod duration;
 mod expand;
 mod graph;
+mod instances;
 mod log_file;
 mod model;
 mod program;
@@ -18,6 +19,7 @@ mod schedule;
 mod supervisor;
 mod value;
 
+pub use instances::{DEFAULT_PROCESS_NAME, MAX_NUMPROCS};
 pub use model::*;
 
 use std::fmt;
@@ -196,17 +198,23 @@ fn document(root: &DeTable<'_>, env: &dyn Fn(&str) -> Option<String>, sink: &mut
     }
     graph::check(&programs, bridge.is_some(), sink);
 
-    let mut programs: Vec<ProgramConfig> = programs
+    let reserved: &[&str] = if bridge.is_some() {
+        &[graph::BRIDGE_PROGRAM]
+    } else {
+        &[]
+    };
+    let programs = programs
         .into_iter()
-        .map(|(mut p, _)| {
-            // `[supervisor] env_file` is read first for every program: its own files win.
-            if !supervisor.env_files.is_empty() {
-                p.env_files
-                    .splice(0..0, supervisor.env_files.iter().cloned());
-            }
-            p
-        })
+        .map(|(p, spans)| (p, spans.instances, spans.name))
         .collect();
+    let mut programs = instances::expand(programs, reserved, sink);
+    // `[supervisor] env_file` is read first for every program: its own files win.
+    if !supervisor.env_files.is_empty() {
+        for p in &mut programs {
+            p.env_files
+                .splice(0..0, supervisor.env_files.iter().cloned());
+        }
+    }
     programs.sort_by(|a, b| a.name.cmp(&b.name));
     Config {
         supervisor,

@@ -344,6 +344,11 @@ pub struct ProgramConfig {
     pub log_file: Option<LogFileConfig>,
     /// `schedule` / `every` with `run_on_start` and `overlap`: a scheduled program. Default none.
     pub schedule: Option<crate::schedule::ScheduleConfig>,
+    /// The `[program.NAME]` table this program is an instance of, when the table has
+    /// `numprocs` (then `name` comes from `process_name`). `None` for a plain program.
+    pub group: Option<String>,
+    /// The instance number (`{num}`), from `numprocs_start` up.
+    pub num: Option<u32>,
 }
 
 /// `log_file = { path, max_bytes, backups }`: the program's output lines (both streams, without
@@ -412,6 +417,8 @@ impl ProgramConfig {
             rlimits: Vec::new(),
             restart_limit: None,
             max_rss: None,
+            group: None,
+            num: None,
         }
     }
 }

@@ -10,6 +10,7 @@ use toml::de::DeValue;
 
 use super::diag::Sink;
 use super::expand::expand;
+use super::instances::{self, Instances, MAX_NUMPROCS};
 use super::model::{
     AutoRestart, BackoffConfig, DependencyCondition, LivenessConfig, MaxRss, OnDependencyRestart,
     OutputMode, ProgramConfig, ReadinessCheck, ReadinessConfig, RestartLimit, Rlimit,
@@ -53,6 +54,9 @@ pub(super) const PROGRAM_KEYS: &[&str] = &[
     "rlimits",
     "restart_limit",
     "max_rss",
+    "numprocs",
+    "numprocs_start",
+    "process_name",
 ];
 
 /// Why a supervisord `[program:x]` option has no counterpart here.
@@ -67,10 +71,6 @@ fn supervisord_hint(key: &str) -> Option<&'static str> {
         Some(
             "supervisord's capture and event options have no equivalent: output is captured and \
              written to the supervisor's stdout (see \"output\" and \"redirect_stderr\")",
-        )
-    } else if matches!(key, "process_name" | "numprocs" | "numprocs_start") {
-        Some(
-            "supervisord's process groups have no equivalent: each [program.NAME] runs one process",
         )
     } else if key == "serverurl" {
         Some("the control socket is set once, in [supervisor]")
@@ -148,6 +148,8 @@ pub(super) struct ProgramSpans {
     pub(super) dependencies: Vec<Dependency>,
     /// The `kind` value when it is `"bridge"` (which needs a `[bridge]` table).
     pub(super) ready_bridge: Option<Range<usize>>,
+    /// `numprocs`/`numprocs_start`/`process_name`, when any is given (and valid).
+    pub(super) instances: Option<Instances>,
 }
 
 /// Reads an optional key: `None` when absent or wrong (the error is already recorded).
@@ -345,6 +347,7 @@ pub(super) fn program(
             Some(("bridge", span)) => Some(span.clone()),
             _ => None,
         },
+        instances: group(&table, field.key_span.clone(), sink),
     };
     if let Some(f) = table.get("depends_on") {
         spans.depends_on = Some(f.key_span.clone());
@@ -371,6 +374,29 @@ pub(super) fn program(
         p.log_file = super::log_file::log_file(&table, &f, p.output, sink);
     }
     Some((p, spans))
+}
+
+/// `numprocs`, `numprocs_start` and `process_name`: `None` when none is given (one program
+/// named after its table) or when one is wrong (the error is recorded).
+fn group(table: &Table<'_, '_>, name_span: Range<usize>, sink: &mut Sink) -> Option<Instances> {
+    let keys = ["numprocs", "numprocs_start", "process_name"];
+    if keys.iter().all(|k| table.get(k).is_none()) {
+        return None;
+    }
+    let numprocs = match table.get("numprocs") {
+        Some(f) => f.int_in::<u32>(sink, 1, MAX_NUMPROCS),
+        None => Some(1),
+    };
+    let start = match table.get("numprocs_start") {
+        Some(f) => f.int_in::<u32>(sink, 0, u32::MAX.into()),
+        None => Some(0),
+    };
+    let name_field = table.get("process_name");
+    let process_name = match &name_field {
+        Some(f) => Some((f.str(sink)?, f.span())),
+        None => None,
+    };
+    instances::instances(numprocs?, start?, process_name, name_span, sink)
 }
 
 fn environment(

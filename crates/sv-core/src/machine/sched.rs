@@ -61,6 +61,19 @@ impl Machine {
         }
     }
 
+    /// A reload gave program `i` a new definition: its schedule (if any) starts afresh from
+    /// `now`, counters included. `run_on_start` is for the supervisor's start only, so a reload
+    /// never runs a job at once; its first run is the next one due.
+    pub(super) fn reschedule(&mut self, now: Instant, i: usize) {
+        self.sched[i] = self.cfg[i]
+            .schedule
+            .clone()
+            .map(crate::schedule::Sched::new);
+        if self.sched[i].is_some() {
+            self.plan(now, i);
+        }
+    }
+
     fn plan(&mut self, now: Instant, i: usize) {
         let wall = self.wall(now);
         let tz = self.tz.clone();
