@@ -89,7 +89,7 @@ impl Broker {
 /// A detached container, removed (with SIGKILL) when dropped.
 struct Container {
     name: String,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Container {
@@ -115,7 +115,7 @@ impl Container {
         let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let out = podman(&refs);
         assert!(out.status.success(), "podman {cmd:?}: {}", text(&out));
-        Container { name, _dir: dir }
+        Container { name, dir }
     }
 
     fn busybox(config: &str, args: &[&str]) -> Container {
@@ -594,9 +594,29 @@ fn sigusr1_from_the_engine_is_forwarded_to_programs() {
     assert_forwarded("USR1");
 }
 
-/// Today's documented meaning of SIGHUP: forwarded to the programs like SIGUSR1.
+/// SIGHUP means reload (docs/signals-and-exit-codes.md): `podman kill -s HUP` makes PID 1 read
+/// its config again and apply the difference; the running program neither gets the signal nor
+/// restarts.
 #[test]
 #[ignore = "container tier: scripts/test-containers"]
-fn sighup_from_the_engine_is_forwarded_to_programs() {
-    assert_forwarded("HUP");
+fn sighup_from_the_engine_reloads_the_config() {
+    let c = signal_reporter();
+    let before = c.wait_program("reporter", "running", |p| p["state"] == "RUNNING");
+    let config = c.dir.path().join("iot2mqtt-sv.toml");
+    let mut text_now = std::fs::read_to_string(&config).expect("reading the config");
+    text_now.push_str("\n[program.added]\ncommand = [\"sleep\", \"1000000\"]\nstartsecs = 0\n");
+    // Rewritten in place: the bind mount follows the inode.
+    std::fs::write(&config, text_now).expect("rewriting the config");
+    let out = podman(&["kill", "--signal", "HUP", &c.name]);
+    assert!(out.status.success(), "podman kill: {}", text(&out));
+    c.wait_program("added", "started by the reload", |p| p["state"] == "RUNNING");
+    let after = c.wait_program("reporter", "still running", |p| p["state"] == "RUNNING");
+    assert_eq!(after["pid"], before["pid"], "untouched by the reload: {after}");
+    assert_eq!(after["restarts"], 0, "{after}");
+    assert!(
+        !c.logs().contains("reporter | got HUP"),
+        "the program got the supervisor's SIGHUP:\n{}",
+        c.logs()
+    );
+    assert_eq!(c.inspect("{{.State.Status}}"), "running");
 }
