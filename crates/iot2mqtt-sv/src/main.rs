@@ -178,6 +178,8 @@ fn client_socket(cli_socket: Option<PathBuf>) -> PathBuf {
     startup::client_socket(&configured)
 }
 
+// Asks whether stderr is a terminal (for colours); the writes go through the log writer.
+#[allow(clippy::disallowed_methods)]
 fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     // A plain level rather than an `EnvFilter`: parsing filter directives compiles regexes,
@@ -265,6 +267,8 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
     code.clamp(0, 255) as u8
 }
 
+// A CLI verb, run in the user's shell, not in PID 1: it prints directly.
+#[allow(clippy::disallowed_methods)]
 fn check(arg: &ConfigArg) -> u8 {
     let path = config_path(arg);
     match load(&path) {
@@ -286,6 +290,8 @@ fn check(arg: &ConfigArg) -> u8 {
     }
 }
 
+// A CLI verb, run in the user's shell, not in PID 1: it prints directly.
+#[allow(clippy::disallowed_methods)]
 fn import(file: &Path, output: Option<&Path>) -> u8 {
     match sv_import::import_file(file, &env) {
         Ok(imp) => {
@@ -330,6 +336,8 @@ fn client_result(r: Result<i32, client::ClientError>) -> u8 {
     }
 }
 
+// The CLI verbs print their answers here; `run` hands its output to the log writer instead.
+#[allow(clippy::disallowed_methods)]
 fn main() -> ExitCode {
     // As PID 1, a signal without a handler is discarded by the kernel: hold them from the first
     // instruction, before argument parsing, so a `docker stop` right after start is kept pending

@@ -222,6 +222,8 @@ impl Writer {
 }
 
 /// The writer of the process's stdout and stderr, started on first use.
+// The one place that touches fds 1 and 2: only to duplicate them for the writer thread.
+#[allow(clippy::disallowed_methods)]
 fn std_writer() -> &'static Writer {
     static STD: OnceLock<Writer> = OnceLock::new();
     STD.get_or_init(|| {

@@ -8,6 +8,9 @@
 //! `sv-bridge-test publish KIND ...` runs the `publish` verb and `sv-bridge-test bridge -c CONFIG`
 //! the real entry point ([`sv_bridge::main_bridge`]). Not installed in images.
 #![forbid(unsafe_code)]
+// A test fixture standing in for the supervised bridge: it logs to stderr directly, as the
+// bridge does.
+#![allow(clippy::disallowed_methods)]
 
 use std::path::PathBuf;
 
