@@ -20,7 +20,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Sv, SvOptions, alive, child_cmd, children_of, proc_stat, toml_str, wait_pid_file};
@@ -114,24 +114,19 @@ fn pid_namespaces_usable() -> bool {
 }
 
 fn mounts_usable(dir: &Path) -> bool {
-    let ok = Command::new("unshare")
-        .args([
-            "--mount",
-            "mount",
-            "-t",
-            "tmpfs",
-            "-o",
-            "ro,size=64k",
-            "tmpfs",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    sv_testkit::require_that(
+    sv_testkit::require_command(
         sv_testkit::Requirement::Root,
-        ok,
+        Command::new("unshare")
+            .args([
+                "--mount",
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                "ro,size=64k",
+                "tmpfs",
+            ])
+            .arg(dir),
         "cannot mount a tmpfs in a mount namespace here (needs root)",
     )
 }

@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{Sv, SvOptions, alive, child_cmd, find_program};
 use serde_json::Value;
@@ -132,16 +132,11 @@ fn once_output_moves_again_the_log_says_lines_were_dropped() {
 /// Whether this machine can give a process a network namespace with a TUN device as its
 /// default route and a resolv.conf of its own (root, `unshare`, `ip`, `/dev/net/tun`).
 fn blackhole_resolver_usable() -> bool {
-    let ok = Command::new("unshare")
-        .args(["--net", "--mount", "sh", "-c"])
-        .arg("ip tuntap add sv-dns mode tun && ip link set sv-dns up")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    sv_testkit::require_that(
+    sv_testkit::require_command(
         sv_testkit::Requirement::Root,
-        ok,
+        Command::new("unshare")
+            .args(["--net", "--mount", "sh", "-c"])
+            .arg("ip tuntap add sv-dns mode tun && ip link set sv-dns up"),
         "cannot create a network namespace with a TUN device here (needs root, unshare and ip)",
     )
 }

@@ -194,6 +194,18 @@ pub fn require_that(req: Requirement, met: bool, why: &str) -> bool {
     false
 }
 
+/// Like [`require_that`], the condition being that `cmd` runs and succeeds (its output
+/// discarded): a probe of what this machine allows, e.g. `unshare --mount mount …`.
+#[track_caller]
+pub fn require_command(req: Requirement, cmd: &mut std::process::Command, why: &str) -> bool {
+    let ok = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    require_that(req, ok, why)
+}
+
 fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
