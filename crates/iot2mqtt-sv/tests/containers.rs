@@ -609,9 +609,14 @@ fn sighup_from_the_engine_reloads_the_config() {
     std::fs::write(&config, text_now).expect("rewriting the config");
     let out = podman(&["kill", "--signal", "HUP", &c.name]);
     assert!(out.status.success(), "podman kill: {}", text(&out));
-    c.wait_program("added", "started by the reload", |p| p["state"] == "RUNNING");
+    c.wait_program("added", "started by the reload", |p| {
+        p["state"] == "RUNNING"
+    });
     let after = c.wait_program("reporter", "still running", |p| p["state"] == "RUNNING");
-    assert_eq!(after["pid"], before["pid"], "untouched by the reload: {after}");
+    assert_eq!(
+        after["pid"], before["pid"],
+        "untouched by the reload: {after}"
+    );
     assert_eq!(after["restarts"], 0, "{after}");
     assert!(
         !c.logs().contains("reporter | got HUP"),
