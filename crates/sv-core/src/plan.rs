@@ -112,10 +112,12 @@ fn supervisor_differences(old: &SupervisorSettings, new: &SupervisorSettings) ->
     differ(old.max_line_bytes == new.max_line_bytes, "max_line_bytes");
     differ(old.http == new.http, "http");
     if keys.is_empty() {
-        // Keys not listed above (and not live) still deserve a mention.
+        // Keys not listed above (and not live) still deserve a mention. `env_file` is read
+        // into every program's own list, so a change there is a change of each program.
         let live = SupervisorSettings {
             shutdown_timeout: new.shutdown_timeout,
             orphan_grace: new.orphan_grace,
+            env_files: new.env_files.clone(),
             ..old.clone()
         };
         if live != *new {
@@ -135,7 +137,13 @@ fn program_differences(a: &ProgramConfig, b: &ProgramConfig) -> Vec<String> {
     };
     differ(a.command == b.command, "command");
     differ(a.directory == b.directory, "directory");
-    differ(a.environment == b.environment, "environment");
+    // Secrets are `environment` entries in the file.
+    differ(
+        a.environment == b.environment && a.secret_env == b.secret_env,
+        "environment",
+    );
+    // The list of files only: their content is read at each spawn, not at a reload.
+    differ(a.env_files == b.env_files, "env_file");
     differ(a.user == b.user, "user");
     differ(a.umask == b.umask, "umask");
     differ(a.priority == b.priority, "priority");
@@ -162,6 +170,11 @@ fn program_differences(a: &ProgramConfig, b: &ProgramConfig) -> Vec<String> {
     );
     differ(a.bridge_publish == b.bridge_publish, "bridge_publish");
     differ(a.group == b.group && a.num == b.num, "numprocs");
+    differ(a.rlimits == b.rlimits, "rlimits");
+    differ(a.restart_limit == b.restart_limit, "restart_limit");
+    differ(a.max_rss == b.max_rss, "max_rss");
+    differ(a.log_file == b.log_file, "log_file");
+    differ(a.schedule == b.schedule, "schedule");
     if keys.is_empty() && a != b {
         // A key this list does not name yet: still a change, never a silent skip.
         keys.push("definition".to_string());
@@ -256,5 +269,55 @@ mod tests {
         let p = plan(&old, &new);
         assert_eq!(p.not_applied, ["[supervisor] log_format"]);
         assert!(p.is_empty(), "no program is touched");
+    }
+
+    #[test]
+    fn env_files_limits_log_files_and_schedules_are_named() {
+        use crate::config::{LogFileConfig, MaxRss, RestartLimit, Rlimit};
+        use crate::schedule::{Overlap, ScheduleConfig, Trigger};
+        let old = config(vec![prog("a")]);
+        let mut a = prog("a");
+        a.secret_env.push(("PW".into(), "/run/secrets/pw".into()));
+        a.env_files.push("/etc/app.env".into());
+        a.rlimits.push((Rlimit::Nofile, Some(1024)));
+        a.restart_limit = Some(RestartLimit {
+            burst: 3,
+            within: Duration::from_secs(60),
+        });
+        a.max_rss = Some(MaxRss {
+            limit: 1 << 20,
+            for_: Duration::ZERO,
+            interval: Duration::from_secs(10),
+        });
+        a.log_file = Some(LogFileConfig::new("/var/log/a.log".into()));
+        a.schedule = Some(ScheduleConfig {
+            trigger: Trigger::Every(Duration::from_secs(60)),
+            run_on_start: false,
+            overlap: Overlap::Skip,
+        });
+        let p = plan(&old, &config(vec![a]));
+        assert_eq!(
+            p.changed[0].reasons,
+            [
+                "environment",
+                "env_file",
+                "rlimits",
+                "restart_limit",
+                "max_rss",
+                "log_file",
+                "schedule"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_supervisor_env_file_change_is_applied_through_the_programs() {
+        let old = config(vec![prog("a")]);
+        let mut new = old.clone();
+        new.supervisor.env_files.push("/etc/all.env".into());
+        new.programs[0].env_files.push("/etc/all.env".into());
+        let p = plan(&old, &new);
+        assert!(p.not_applied.is_empty(), "{:?}", p.not_applied);
+        assert_eq!(p.changed[0].reasons, ["env_file"]);
     }
 }

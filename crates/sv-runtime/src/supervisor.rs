@@ -1232,6 +1232,9 @@ impl Supervisor {
             self.machine.set_time_zone(schedule_time_zone());
         }
         self.machine.set_wall_clock(now, jiff::Timestamp::now());
+        // Looked up before the machine applies the plan: one without a process (stopped, or a
+        // scheduled program between runs) is forgotten at once and then found no more.
+        let removed = self.machine_ids_named(&plan.removed);
         self.machine.apply(now, &new, &plan);
         for name in plan.changed.iter().map(|c| &c.name).chain(&plan.added) {
             let file = new
@@ -1255,12 +1258,11 @@ impl Supervisor {
                 }
             }
         }
-        // Removed programs are found until their process is gone.
-        for id in self.machine_ids_named(&plan.removed) {
+        let starting: Vec<ProgramId> = goals.iter().map(|(id, _)| *id).collect();
+        self.bind_notify_sockets(&starting);
+        for id in removed {
             goals.push((id, Goal::Removed));
         }
-        let ids: Vec<ProgramId> = goals.iter().map(|(id, _)| *id).collect();
-        self.bind_notify_sockets(&ids);
         self.reown_notify_sockets(&plan);
         Ok((plan, goals))
     }
