@@ -1,5 +1,6 @@
 """Writes the link order of iot2mqtt-sv: the functions the supervisor and the bridge run from
-start to idle, so the linker can place them side by side (see scripts/link-order).
+start to idle, so the linker can place them side by side (see scripts/link-order). One file
+serves both binaries, `iot2mqtt-sv` and `iot2mqtt-sv-bridge`: lld skips the names a binary lacks.
 
 Why: the kernel maps a binary's code into a process in 64 KB blocks around each page it touches
 (fault-around), so the ~1 250 functions that run from start to idle, scattered over 6 MB of text,
@@ -144,14 +145,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="profiled starts to unite")
     a = ap.parse_args()
 
-    symbols = defined_functions(a.bin)
+    bridge_bin = a.bin.with_name("iot2mqtt-sv-bridge")
+    symbols = defined_functions(a.bin) | defined_functions(bridge_bin)
     if not symbols:
         fail(f"{a.bin} has no symbol table; build it with KEEP_SYMBOLS=1 scripts/build-static")
     # Several starts, united: which paths run (an error path, a retry) varies with timing.
     with tempfile.TemporaryDirectory(prefix="link-order-") as tmp:
         profiles = [x for run in range(a.runs) for x in profile_once(a.bin, Path(tmp) / f"run{run}")]
     sup = set().union(*(names for cmd, names in profiles if " run " in f"{cmd} "))
-    bridge = set().union(*(names for cmd, names in profiles if " bridge " in f"{cmd} "))
+    bridge = set().union(*(names for cmd, names in profiles if "iot2mqtt-sv-bridge " in f"{cmd} "))
     if not sup or not bridge:
         fail(f"expected profiles of the supervisor and the bridge, got: {[cmd for cmd, _ in profiles]}")
     sup, bridge = sup & symbols, bridge & symbols

@@ -20,7 +20,7 @@
 # Build arguments (the defaults are the above; scripts/test-containers builds the same file
 # without a registry by pointing the first two at locally built images):
 #   BASE_IMAGE  the base: Debian bookworm with python3; nodejs is installed when it lacks it
-#   SV_IMAGE    an image holding the static binary at /iot2mqtt-sv (what docker/Dockerfile builds)
+#   SV_IMAGE    an image holding the static binaries in /usr/local/bin (what docker/Dockerfile builds)
 #   EXAMPLE     the directory under examples/ copied to /app
 #   CONFIG      the file of that directory that becomes /etc/iot2mqtt-sv.toml
 #   docker build -f docker/connector.Dockerfile --build-arg EXAMPLE=sensor-hub \
@@ -36,7 +36,9 @@ RUN command -v node >/dev/null || { apt-get update \
  && apt-get install -y --no-install-recommends nodejs \
  && rm -rf /var/lib/apt/lists/*; }
 
-COPY --from=sv /iot2mqtt-sv /usr/local/bin/iot2mqtt-sv
+# One COPY, one layer: `iot2mqtt-sv` (PID 1, the CLI) and `iot2mqtt-sv-bridge` (the bridge it
+# starts from the same directory).
+COPY --from=sv /usr/local/bin/ /usr/local/bin/
 COPY clients/python/iot2mqtt_sv.py /app/lib/iot2mqtt_sv.py
 COPY clients/node/iot2mqtt_sv.js /app/lib/iot2mqtt_sv.js
 # The same libraries where the examples' own configs look for them from a checkout

@@ -1,5 +1,7 @@
-//! The `iot2mqtt-sv` binary: argument parsing, config loading and exit codes only; every
-//! behaviour lives in the library crates (`sv-runtime`, `sv-bridge`, `sv-import`).
+//! The `iot2mqtt-sv` binary (PID 1 and the CLI): argument parsing, config loading and exit codes
+//! only; every behaviour lives in the library crates (`sv-runtime`, `sv-bridge`, `sv-import`).
+//! The bridge runs from its own binary, `iot2mqtt-sv-bridge` (`src/bridge.rs`), shipped beside
+//! this one.
 //!
 //! Exit codes: 0 success (or healthy); 1 failure, unhealthy, or supervisor unreachable;
 //! 2 usage or config errors (unknown program, invalid config, bad arguments). `run` exits with
@@ -15,7 +17,6 @@ use sv_core::config::{self, Config, LogFormat};
 use sv_runtime::control::Request;
 use sv_runtime::{client, startup};
 
-const DEFAULT_CONFIG: &str = "/etc/iot2mqtt-sv.toml";
 /// How long `run` waits at exit for blocking tasks still running (issue 12, point 7).
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -98,7 +99,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the MQTT bridge (started by the supervisor when the config has a [bridge] table).
+    /// Run the MQTT bridge: replaces itself with `iot2mqtt-sv-bridge` from the same directory
+    /// (what the supervisor starts when the config has a [bridge] table).
     Bridge(ConfigArg),
     /// Send one message to the bridge from a shell: `publish state DEVICE '{"on":true}'`.
     Publish {
@@ -139,10 +141,44 @@ struct Names {
 }
 
 fn config_path(arg: &ConfigArg) -> PathBuf {
-    arg.config
-        .clone()
-        .or_else(|| std::env::var_os("IOT2MQTT_SV_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    config::path(arg.config.as_deref(), &env)
+}
+
+/// The bridge's executable beside this one, or why it cannot run (a config with `[bridge]`
+/// needs both binaries: an image that copied only `iot2mqtt-sv` would otherwise start a
+/// supervisor whose bridge fails to exec, over and over, until FATAL).
+fn bridge_executable() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let bridge = startup::bridge_executable(&exe);
+    if bridge.is_file() {
+        Ok(bridge)
+    } else {
+        Err(format!(
+            "the [bridge] table needs {} beside {}, and it is not there: copy both binaries \
+             (COPY --from=iot2mqtt-sv /usr/local/bin/ /usr/local/bin/)",
+            bridge.display(),
+            exe.display()
+        ))
+    }
+}
+
+/// `iot2mqtt-sv bridge`: becomes `iot2mqtt-sv-bridge`, so scripts that start the bridge
+/// through the main binary keep working. Returns only when the exec failed.
+fn exec_bridge(arg: &ConfigArg) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let bridge = match bridge_executable() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("iot2mqtt-sv: error: {e}");
+            return 2;
+        }
+    };
+    let e = std::process::Command::new(&bridge)
+        .arg("-c")
+        .arg(config_path(arg))
+        .exec();
+    eprintln!("iot2mqtt-sv: error: starting {}: {e}", bridge.display());
+    1
 }
 
 fn env(k: &str) -> Option<String> {
@@ -220,14 +256,25 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
     let control_socket =
         cli_socket.unwrap_or_else(|| startup::server_socket(&cfg.supervisor.control_socket));
     let mut extra_env = Vec::new();
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("iot2mqtt-sv"));
     let abs = std::path::absolute(&path).unwrap_or(path.clone());
-    let bridge_command = vec![
-        exe.display().to_string(),
-        "bridge".into(),
-        "-c".into(),
-        abs.display().to_string(),
-    ];
+    // Without a `[bridge]` table at start there is no bridge to run: a reload cannot add one
+    // (sv-runtime's reload.rs keeps the running bridge setup), so no command is needed.
+    let mut bridge_command = Vec::new();
+    if cfg.bridge.is_some() {
+        match bridge_executable() {
+            Ok(bridge) => {
+                bridge_command = vec![
+                    bridge.display().to_string(),
+                    "-c".into(),
+                    abs.display().to_string(),
+                ];
+            }
+            Err(e) => {
+                eprintln!("iot2mqtt-sv: error: {}: {e}", path.display());
+                return 2;
+            }
+        }
+    }
     if let Some(section) = cfg.bridge.clone() {
         let socket = section
             .socket
@@ -274,6 +321,11 @@ fn check(arg: &ConfigArg) -> u8 {
     match load(&path) {
         Ok(cfg) => {
             let bridge = if cfg.bridge.is_some() {
+                // The config is valid; the installation beside this binary is another matter,
+                // and `check` often runs elsewhere than where the config will.
+                if let Err(e) = bridge_executable() {
+                    eprintln!("iot2mqtt-sv: warning: {e}");
+                }
                 " and the MQTT bridge"
             } else {
                 ""
@@ -350,7 +402,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(arg) => run(cli.socket, &arg),
         Command::Check(arg) => check(&arg),
-        Command::Bridge(arg) => sv_bridge::main_bridge(&config_path(&arg)).clamp(0, 255) as u8,
+        Command::Bridge(arg) => exec_bridge(&arg),
         Command::Publish { args } => sv_bridge::main_publish(&args).clamp(0, 255) as u8,
         Command::Listen { devices } => sv_bridge::main_listen(&devices).clamp(0, 255) as u8,
         Command::ImportSupervisord { file, output } => import(&file, output.as_deref()),

@@ -120,11 +120,13 @@ fn health_is_unhealthy_while_a_critical_program_backs_off() {
 #[test]
 fn health_is_unhealthy_while_a_critical_program_is_fatal() {
     // FATAL of a critical program shuts the supervisor down; the shutdown itself is what health
-    // must report while the last program is still stopping.
+    // must report while the last program is still stopping. `doomed` starts only once
+    // `stubborn` runs: otherwise it could go FATAL while `stubborn`'s spawn is still queued,
+    // and the shutdown cancels that spawn.
     let dir = Sv::new_dir();
     let config = format!(
         "[supervisor]\nshutdown_timeout = \"1m\"\n\n\
-         [program.doomed]\ncommand = {}\nstartsecs = \"1h\"\nstartretries = 0\n\n\
+         [program.doomed]\ncommand = {}\nstartsecs = \"1h\"\nstartretries = 0\ndepends_on = [\"stubborn\"]\n\n\
          [program.stubborn]\ncommand = {}\nstartsecs = 0\nstopwaitsecs = \"1m\"\npriority = 1\n",
         child_cmd(&["--exit", "3", "--exit-after-ms", "0"]),
         child_cmd(&[

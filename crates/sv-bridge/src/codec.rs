@@ -411,7 +411,7 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
             message: format!("unknown op {name:?}"),
         });
     }
-    let op: Op = match serde_json::from_slice(line) {
+    let mut op: Op = match serde_json::from_slice(line) {
         Ok(op) => op,
         Err(e) => {
             return Err(DecodeError {
@@ -421,6 +421,11 @@ pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
             });
         }
     };
+    // `extra` collects every field the variant does not name, the request's own `id` among
+    // them: it is the line protocol's, not part of the device error the platform receives.
+    if let Op::Error { extra, .. } = &mut op {
+        extra.remove("id");
+    }
     let request = Request { id, op };
     if let Err(message) = validate(&request) {
         return Err(DecodeError {
@@ -603,10 +608,25 @@ mod tests {
         };
         assert_eq!(retry_info.unwrap()["attempt"], 3);
         assert_eq!(extra["source"], "poller");
+        assert!(
+            !extra.contains_key("id"),
+            "the request id is not an extra: {extra:?}"
+        );
         let e =
             dec(r#"{"op":"error","device_id":"d","error_code":"E","message":"m","message":"n"}"#)
                 .unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    /// Found by the `socket_line` fuzz target on its seed corpus: the request id also landed in
+    /// the error's extras, so the re-encoded line named `id` twice and no longer decoded (and
+    /// the published error object carried the program's request id).
+    #[test]
+    fn an_error_request_round_trips_with_its_id() {
+        let line = r#"{"op":"error","id":4,"device_id":"lamp1","error_code":"E_TIMEOUT","message":"no answer from lamp","severity":"warning"}"#;
+        let req = dec(line).unwrap();
+        let again = encode_request(&req);
+        assert_eq!(dec(again.trim_end()).unwrap(), req, "{again}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! What `run` settles before it supervises anything: the directory its sockets go in, and
-//! whether the programs' `user` keys can be honoured by the user it runs as.
+//! What `run` settles before it supervises anything: the directory its sockets go in, where
+//! the bridge's executable is, and whether the programs' `user` keys can be honoured by the user
+//! it runs as.
 //!
 //! Containers run with a read-only root and a non-root user (`docker run --read-only --user
 //! 1000:1000`), where the default `/run/iot2mqtt-sv` cannot be created. The default control
@@ -14,6 +15,17 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd::{AccessFlags, Uid, User, access, geteuid};
 use sv_core::config::Config;
+
+/// The bridge's executable, shipped beside `iot2mqtt-sv` (docs/architecture.md, "Two
+/// binaries"): a binary of its own, so that PID 1 maps none of the MQTT and TLS code.
+pub const BRIDGE_EXECUTABLE: &str = "iot2mqtt-sv-bridge";
+
+/// Where the bridge's executable must be for the supervisor running from `exe`: in the same
+/// directory. Not looked up on `PATH`: another version found there would speak another
+/// protocol to its programs, or another contract to the platform.
+pub fn bridge_executable(exe: &Path) -> PathBuf {
+    exe.with_file_name(BRIDGE_EXECUTABLE)
+}
 
 /// The control socket's path when nothing chooses another.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/iot2mqtt-sv/control.sock";

@@ -74,6 +74,22 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The config file when none is named on the command line: `$IOT2MQTT_SV_CONFIG`, else this.
+pub const DEFAULT_PATH: &str = "/etc/iot2mqtt-sv.toml";
+
+/// The config file both binaries read: `explicit` (`-c`), else `$IOT2MQTT_SV_CONFIG`, else
+/// [`DEFAULT_PATH`]. One rule, so the supervisor and the bridge it starts never disagree.
+pub fn path(explicit: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            env("IOT2MQTT_SV_CONFIG")
+                .filter(|p| !p.is_empty())
+                .map(Into::into)
+        })
+        .unwrap_or_else(|| DEFAULT_PATH.into())
+}
+
 /// Parses and validates a whole config.
 ///
 /// `env` looks up variables for `${VAR}` expansion in `environment` values (and only there).
