@@ -8,18 +8,9 @@
 //! `try_*` (the machine's windows keep them below the request channel's capacity), lines go to
 //! the program's writer task, readiness reports to the supervisor.
 //!
-//! Acknowledgements are correlated explicitly. rumqttc assigns packet ids itself (its client API
-//! takes no id) and reports each one once, as `Outgoing::Publish(pkid)`, when it writes the
-//! publish. Requests leave its request channel in order, and every connection gets a fresh event
-//! loop (no `pending` carried over), so the n-th `Outgoing::Publish` of a connection is the n-th
-//! publish handed to it: the driver keeps the machine's ids of handed publishes in that order
-//! ([`Driver::handed`]), and on `Outgoing::Publish(pkid)` records `pkid → id` ([`Driver::pkids`])
-//! for QoS ≥ 1, or reports a QoS 0 publish done (nothing more will come for it). PUBACK and
-//! PUBCOMP carry the packet id, which maps back to the machine's id. The one exception in
-//! rumqttc's order, a packet-id collision, is reported as `Outgoing::AwaitAck` for the publish
-//! just taken, and that publish is the next `Outgoing::Publish` (rumqttc takes no other request
-//! until then); the machine's window (48 < rumqttc's 100 ids) keeps it from happening at all
-//! while the broker acknowledges in order.
+//! Acknowledgements are correlated explicitly, in [`Correlation`]: rumqttc's packet id of each
+//! written publish is mapped to the machine's message id, and PUBACK / PUBCOMP are reported to
+//! the machine by that id.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -93,12 +84,57 @@ struct Driver {
     task: Option<JoinHandle<()>>,
     /// A task aborted on the machine's request, awaited before the bridge exits.
     aborted: Option<JoinHandle<()>>,
+    /// The current connection's packet ids.
+    ids: Correlation,
+}
+
+/// rumqttc's packet ids → the machine's message ids, for one connection.
+///
+/// rumqttc assigns packet ids itself (its client API takes no id) and reports each publish once,
+/// as `Outgoing::Publish(pkid)`, when it writes it. Requests leave its request channel in order
+/// and every connection gets a fresh event loop (nothing `pending` carried over), so the n-th
+/// `Outgoing::Publish` of a connection is the n-th publish handed to it: the machine's ids of
+/// handed publishes are kept in that order, and the packet id learnt when each is written maps
+/// its PUBACK / PUBCOMP back. A QoS 0 publish is done once written. The one exception to the
+/// order, a packet-id collision, is reported as `Outgoing::AwaitAck` for the publish just taken,
+/// which is then the next `Outgoing::Publish` (rumqttc takes no other request meanwhile); the
+/// machine's window (48 < rumqttc's 100 ids) keeps it from happening while the broker
+/// acknowledges in order.
+#[derive(Debug, Default)]
+struct Correlation {
     /// The machine's ids (and QoS) of publishes handed to rumqttc and not yet written.
     handed: VecDeque<(u64, u8)>,
     /// A publish rumqttc holds back on a packet-id collision.
     collided: Option<(u64, u8)>,
     /// rumqttc's packet id → the machine's id, for written QoS ≥ 1 publishes.
     pkids: HashMap<u16, u64>,
+}
+
+impl Correlation {
+    /// A publish with the machine's `id` was handed to rumqttc.
+    fn handed(&mut self, id: u64, qos: u8) {
+        self.handed.push_back((id, qos));
+    }
+
+    /// `Outgoing::Publish(pkid)`: returns the machine's id when the publish is done (QoS 0).
+    fn written(&mut self, pkid: u16) -> Option<u64> {
+        let (id, qos) = self.collided.take().or_else(|| self.handed.pop_front())?;
+        if qos == 0 {
+            return Some(id);
+        }
+        self.pkids.insert(pkid, id);
+        None
+    }
+
+    /// `Outgoing::AwaitAck`: the publish just taken waits for its packet id to be free.
+    fn await_ack(&mut self) {
+        self.collided = self.handed.pop_front();
+    }
+
+    /// PUBACK / PUBCOMP: the machine's id of the publish, when it is one of ours.
+    fn acked(&mut self, pkid: u16) -> Option<u64> {
+        self.pkids.remove(&pkid)
+    }
 }
 
 pub(crate) async fn run(
@@ -145,9 +181,7 @@ pub(crate) async fn run(
         client: None,
         task: None,
         aborted: None,
-        handed: VecDeque::new(),
-        collided: None,
-        pkids: HashMap::new(),
+        ids: Correlation::default(),
     };
     d.flush();
     tracing::info!(socket = %s.socket.display(), host = %s.host, port = s.port, client_id = %s.client_id, "bridge started");
@@ -237,6 +271,7 @@ fn session_id(pid: i32) -> Option<i32> {
 impl Driver {
     /// Hands `input` to the machine at the current time and carries out what it asks for.
     fn handle(&mut self, input: Input) {
+        self.machine.set_ready_room(self.ready.capacity());
         self.machine
             .handle(std::time::Instant::now(), jiff::Timestamp::now(), input);
         self.flush();
@@ -271,9 +306,7 @@ impl Driver {
             MqttEv::Down(g, error, refused) if g == self.generation => {
                 self.client = None;
                 self.task = None;
-                self.handed.clear();
-                self.collided = None;
-                self.pkids.clear();
+                self.ids = Correlation::default();
                 self.handle(Input::BrokerDown { error, refused });
             }
             MqttEv::Event(g, ev) if g == self.generation => self.on_event(*ev),
@@ -291,26 +324,18 @@ impl Driver {
             },
             Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid }))
             | Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid })) => {
-                match self.pkids.remove(&pkid) {
+                match self.ids.acked(pkid) {
                     Some(id) => Input::Acked(id),
                     None => return,
                 }
             }
             Event::Incoming(Packet::SubAck(_)) => Input::SubAcked,
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                let Some((id, qos)) = self.collided.take().or_else(|| self.handed.pop_front())
-                else {
-                    return;
-                };
-                if qos > 0 {
-                    self.pkids.insert(pkid, id);
-                    return;
-                }
-                // QoS 0: written is all that will ever happen to it.
-                Input::Acked(id)
-            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => match self.ids.written(pkid) {
+                Some(id) => Input::Acked(id),
+                None => return,
+            },
             Event::Outgoing(Outgoing::AwaitAck(_)) => {
-                self.collided = self.handed.pop_front();
+                self.ids.await_ack();
                 return;
             }
             _ => return,
@@ -331,9 +356,9 @@ impl Driver {
             }
         }
         while let Some(r) = self.machine.poll_ready() {
-            if self.ready.try_send(r).is_err() {
-                tracing::warn!("the supervisor cannot be told about a ready program right now");
-            }
+            // Within the room the machine was told of; refused only when the supervisor's side
+            // is gone.
+            let _ = self.ready.try_send(r);
         }
     }
 
@@ -357,7 +382,7 @@ impl Driver {
                     .try_publish(msg.topic, qos_of(msg.qos), msg.retain, msg.payload)
                     .is_ok()
                 {
-                    self.handed.push_back((id, msg.qos));
+                    self.ids.handed(id, msg.qos);
                 }
             }
             Transmit::Disconnect => {
@@ -380,9 +405,7 @@ impl Driver {
             task.abort();
         }
         self.generation += 1;
-        self.handed.clear();
-        self.collided = None;
-        self.pkids.clear();
+        self.ids = Correlation::default();
         let (client, mut el) = AsyncClient::new(self.options.clone(), REQUEST_CAPACITY);
         // Every packet the bridge sends is small and latency-bound (PUBACKs, command results,
         // state updates). With Nagle's algorithm each one could wait for the broker's delayed
@@ -465,6 +488,40 @@ async fn drive(mut el: EventLoop, generation: u64, port: u16, tx: mpsc::Sender<M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packet_ids_map_back_to_message_ids_in_rumqttc_order() {
+        let mut c = Correlation::default();
+        c.handed(1, 1);
+        c.handed(2, 0);
+        c.handed(3, 2);
+        // rumqttc numbers QoS >= 1 publishes from 1; QoS 0 ones are written with id 0.
+        assert_eq!(c.written(1), None);
+        assert_eq!(c.written(0), Some(2), "QoS 0 is done once written");
+        assert_eq!(c.written(2), None);
+        assert_eq!(c.acked(2), Some(3), "PUBCOMP of the QoS 2 one");
+        assert_eq!(c.acked(1), Some(1));
+        assert_eq!(c.acked(1), None, "acknowledged once");
+        assert_eq!(c.acked(9), None, "not one of ours");
+    }
+
+    #[test]
+    fn a_collided_publish_keeps_its_message_id() {
+        let mut c = Correlation::default();
+        c.handed(10, 1);
+        c.handed(11, 1);
+        c.handed(12, 1);
+        assert_eq!(c.written(5), None);
+        // Id 6 is still in use: rumqttc holds message 11 back until 6 is acknowledged, then
+        // writes it with that id before taking message 12.
+        c.await_ack();
+        assert_eq!(c.acked(6), None);
+        assert_eq!(c.written(6), None);
+        assert_eq!(c.written(7), None);
+        assert_eq!(c.acked(6), Some(11));
+        assert_eq!(c.acked(7), Some(12));
+        assert_eq!(c.acked(5), Some(10));
+    }
 
     #[test]
     fn own_session_id_is_read_from_proc() {

@@ -247,6 +247,8 @@ pub(crate) struct Machine {
     transmits: VecDeque<Transmit>,
     deliveries: VecDeque<(u64, String)>,
     ready: VecDeque<ReadyReport>,
+    /// Readiness reports the supervisor can take now ([`Machine::set_ready_room`]).
+    ready_room: usize,
     // Programs.
     conns: HashMap<u64, Conn>,
     handlers: HashMap<String, u64>,
@@ -306,6 +308,7 @@ impl Machine {
             transmits: VecDeque::new(),
             deliveries: VecDeque::new(),
             ready: VecDeque::new(),
+            ready_room: usize::MAX,
             conns: HashMap::new(),
             handlers: HashMap::new(),
             all_handler: None,
@@ -422,6 +425,12 @@ impl Machine {
     /// The next `ready` of an identified program, for the supervisor.
     pub(crate) fn poll_ready(&mut self) -> Option<ReadyReport> {
         self.ready.pop_front()
+    }
+
+    /// How many readiness reports the supervisor can take now; a `ready` beyond it is refused
+    /// with `unavailable` (the program may retry) rather than lost.
+    pub(crate) fn set_ready_room(&mut self, room: usize) {
+        self.ready_room = room;
     }
 
     /// Whether program lines should be read now: not while connected with a full outbox, so
@@ -1139,6 +1148,12 @@ impl Machine {
                     .find(|p| p.name == program)
                     .and_then(|p| p.pid)
                     .unwrap_or(pid);
+                if self.ready.len() >= self.ready_room {
+                    return Err((
+                        ErrorCode::Unavailable,
+                        "the supervisor cannot be told right now".into(),
+                    ));
+                }
                 tracing::info!(program = %program, pid, "program reports ready");
                 self.ready.push_back(ReadyReport { program, pid });
                 Ok(())

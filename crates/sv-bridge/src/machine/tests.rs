@@ -864,6 +864,34 @@ fn a_claimed_device_speaks_only_through_its_program_or_a_bridge_publish_grant() 
     );
 }
 
+#[test]
+fn a_descendant_of_a_program_is_identified_by_its_session() {
+    let mut sim = Sim::connected(settings(|_| {}), view(vec![]));
+    // A child of program `w` (pid 11, a session leader): its own pid is unknown to the
+    // supervisor, its session id is w's pid; the view arrives after it connected.
+    sim.input(Input::ProgramConnected {
+        conn: 1,
+        pid: Some(99),
+        sid: Some(11),
+    });
+    sim.input(Input::View(view(vec![program("w", 11, true, true)])));
+    sim.line(1, r#"{"op":"ready","id":1}"#);
+    assert_eq!(sim.take_lines(1), [ok(1)]);
+    assert_eq!(
+        sim.ready,
+        [ReadyReport {
+            program: "w".into(),
+            pid: 11
+        }]
+    );
+    assert_eq!(identify(99, Some(98), &sim.m.view), None);
+    // The supervisor's queue is full: refused, so the program can say it again.
+    sim.m.set_ready_room(0);
+    sim.line(1, r#"{"op":"ready","id":2}"#);
+    assert_eq!(error_code(&sim.take_lines(1)[0]), Some("unavailable"));
+    assert_eq!(sim.ready.len(), 1);
+}
+
 // ---- outbox ----------------------------------------------------------------------------------
 
 #[test]
