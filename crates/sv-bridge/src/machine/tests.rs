@@ -805,6 +805,91 @@ fn availability_follows_the_programs_readiness() {
     assert_eq!(sim.payloads("status"), ["online", "offline"]);
 }
 
+#[test]
+fn discovery_configs_of_removed_devices_are_cleared_and_the_index_waits_for_the_old_one() {
+    let s = settings(|s| {
+        s.ha_discovery = Some("homeassistant".into());
+        s.instance_config = parse_instance_file(
+            Path::new("demo_ab12cd.json"),
+            r#"{"devices": [{"device_id": "lamp1", "class": "switch.outlet"}]}"#,
+        )
+        .unwrap();
+    });
+    let mut sim = Sim::new(s, view(vec![]));
+    sim.connack();
+    let index = format!("{ROOT}/meta/ha_discovery");
+    assert!(sim.subscriptions.contains(&index));
+    assert!(
+        sim.subscriptions
+            .contains(&"homeassistant/status".to_string())
+    );
+    let config = "homeassistant/switch/demo_ab12cd_lamp1/config";
+    let on_wire = |sim: &Sim, topic: &str| -> Vec<Sent> {
+        sim.acked
+            .iter()
+            .chain(sim.handed.iter())
+            .filter(|p| p.topic == topic)
+            .cloned()
+            .collect()
+    };
+    let c = on_wire(&sim, config);
+    assert_eq!((c.len(), c[0].qos, c[0].retain), (1, 1, true));
+    assert_eq!(c[0].json()["unique_id"], "demo_ab12cd_lamp1_switch");
+    // Only the probe so far: the previous run's index has not been read.
+    let probe = on_wire(&sim, &index);
+    assert_eq!(probe.len(), 1);
+    assert!(probe[0].payload.is_empty() && !probe[0].retain);
+    sim.ack_all();
+    // The broker hands back the previous run's index (retained): a device since removed from
+    // the file, and a program's config that outlives the restart.
+    let old = json!({
+        "devices": ["lamp1", "oldlamp"],
+        "configs": [
+            {"topic": "homeassistant/switch/demo_ab12cd_oldlamp/config", "device_id": "oldlamp", "source": "file"},
+            {"topic": "homeassistant/sensor/demo_ab12cd_plug_rssi/config", "device_id": "plug", "source": "program"},
+            {"topic": "elsewhere/x/config", "device_id": "oldlamp", "source": "file"}
+        ]
+    });
+    for (payload, retain) in [(old.to_string(), true), (String::new(), false)] {
+        sim.input(Input::Inbound {
+            topic: index.clone(),
+            payload: payload.into_bytes(),
+            retain,
+        });
+    }
+    sim.ack_all();
+    let cleared = on_wire(&sim, "homeassistant/switch/demo_ab12cd_oldlamp/config");
+    assert_eq!(cleared.len(), 1);
+    assert!(cleared[0].payload.is_empty() && cleared[0].retain);
+    assert!(on_wire(&sim, "homeassistant/sensor/demo_ab12cd_plug_rssi/config").is_empty());
+    assert!(
+        on_wire(&sim, "elsewhere/x/config").is_empty(),
+        "never one of ours"
+    );
+    let new = on_wire(&sim, &index);
+    assert_eq!(new.len(), 2, "the probe, then the index");
+    assert!(new[1].retain);
+    assert_eq!(
+        new[1].json(),
+        json!({
+            "devices": ["lamp1"],
+            "configs": [
+                {"topic": config, "device_id": "lamp1", "source": "file"},
+                {"topic": "homeassistant/sensor/demo_ab12cd_plug_rssi/config", "device_id": "plug", "source": "program"}
+            ]
+        })
+    );
+    // Home Assistant's birth message asks for every config again; a retained one does not.
+    for retain in [true, false] {
+        sim.input(Input::Inbound {
+            topic: "homeassistant/status".into(),
+            payload: b"online".to_vec(),
+            retain,
+        });
+    }
+    assert_eq!(on_wire(&sim, config).len(), 2);
+}
+
 // ---- ACL -------------------------------------------------------------------------------------
 
 #[test]
