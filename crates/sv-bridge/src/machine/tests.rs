@@ -1202,7 +1202,9 @@ fn settle(sim: &mut Sim) {
         if sim.m.connecting {
             sim.broker_down(false);
         }
-        sim.advance(Duration::from_secs(31));
+        // The reconnect comes within the longest backoff (30 s plus 20 % jitter).
+        sim.advance(Duration::from_secs(37));
+        assert!(sim.m.connecting, "a reconnect within the longest backoff");
         sim.connack();
     }
     sim.ack_all();
@@ -1255,6 +1257,17 @@ proptest! {
             let last = sim.acked.iter().rev().find(|p| p.topic == format!("{ROOT}/status"));
             prop_assert_eq!(last.map(|p| p.payload.as_str()), Some("offline"));
         }
+    }
+
+    #[test]
+    fn once_settled_the_retained_status_is_the_gated_one(steps in proptest::collection::vec(step(), 0..120), healthy in any::<bool>()) {
+        let mut sim = Sim::new(settings(|_| {}), view(vec![program("w", 11, true, false)]));
+        run(&mut sim, &steps);
+        sim.input(Input::View(view(vec![program("w", 11, true, healthy)])));
+        settle(&mut sim);
+        let want = if healthy { "online" } else { "offline" };
+        prop_assert_eq!(sim.retained.get(&format!("{ROOT}/status")).map(String::as_str), Some(want));
+        prop_assert_eq!(sim.m.stats().online, healthy);
     }
 
     #[test]
