@@ -1,10 +1,10 @@
 //! Entry points for the fuzz targets in `fuzz/` (not a stable interface).
 //!
-//! [`inbound`] feeds one broker message through the engine's own inbound handling — topic
-//! classification, `cmd` / `get` / group `cmd` / `meta/request` payload parsing, command
-//! routing and the bridge's own answers — without a socket, a broker or a runtime: the engine is
-//! built but never connected, so everything it would publish stays in its outbox and everything
-//! it sends to a program lands in a channel whose lines are returned. Invariant: nothing here
+//! [`inbound`] feeds one broker message through the bridge machine's own inbound handling —
+//! topic classification, `cmd` / `get` / group `cmd` / `meta/request` payload parsing, command
+//! routing and the bridge's own answers — without a socket, a broker or a runtime: the machine
+//! is built but never connected, so everything it would publish stays in its outbox, and the
+//! lines it delivers to the program connection are returned. Invariant: nothing here
 //! touches the network; the only file access is the one-time settings resolution, which looks
 //! for files under a directory that does not exist.
 
@@ -12,22 +12,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use sv_core::config::BridgeSection;
-use tokio::sync::mpsc;
 
+use crate::SupervisorView;
 use crate::codec::{DeviceSet, Op, Request};
-use crate::engine::{Engine, FromConn};
+use crate::machine::{Input, Machine};
 use crate::settings::{Settings, parse_instance_file};
 
-/// The instance root the fuzzing engine listens under; inbound topics are built below it.
+/// The instance root the fuzzing machine listens under; inbound topics are built below it.
 pub const ROOT: &str = "B/v1/instances/i";
 
-/// The instance file of the fuzzing engine.
+/// The instance file of the fuzzing machine.
 const INSTANCE: &str = r#"{
   "devices": [{"device_id": "d1"}, {"device_id": "d2", "enabled": false}],
   "groups": [{"group_id": "g1", "devices": ["d1", "d2", "gone", "a/b"]}]
 }"#;
 
-/// Settings of the fuzzing engine: instance `i` under base topic `B`, UTC, devices `d1`
+/// Settings of the fuzzing machine: instance `i` under base topic `B`, UTC, devices `d1`
 /// (enabled) and `d2` (disabled), group `g1` with both, an unknown member and an invalid name.
 fn settings() -> Arc<Settings> {
     static SETTINGS: OnceLock<Arc<Settings>> = OnceLock::new();
@@ -58,30 +58,40 @@ fn settings() -> Arc<Settings> {
 /// answers (or refuses) them itself.
 #[doc(hidden)]
 pub fn inbound(topic: &str, payload: &[u8], retain: bool, handler: bool) -> Vec<String> {
-    let (ready_tx, _ready_rx) = mpsc::channel(1);
-    let (ev_tx, _ev_rx) = mpsc::channel(1);
-    let mut engine = Engine::new(settings(), ready_tx, ev_tx);
-    let (tx, mut rx) = mpsc::channel(64);
-    engine.on_conn(FromConn::Opened {
-        conn: 1,
-        pid: None,
-        tx,
-    });
+    let now = std::time::Instant::now();
+    let wall = jiff::Timestamp::now();
+    let mut m = Machine::new(settings(), SupervisorView::default(), now, wall, 0);
+    let conn = 1;
+    m.handle(
+        now,
+        wall,
+        Input::ProgramConnected {
+            conn,
+            pid: None,
+            sid: None,
+        },
+    );
     if handler {
-        engine.on_conn(FromConn::Request {
-            conn: 1,
-            req: Request {
-                id: None,
-                op: Op::Hello {
-                    devices: Some(DeviceSet::All(crate::codec::AllMarker::All)),
-                    meta: true,
-                },
+        let req = Request {
+            id: None,
+            op: Op::Hello {
+                devices: Some(DeviceSet::All(crate::codec::AllMarker::All)),
+                meta: true,
             },
-        });
+        };
+        m.handle(now, wall, Input::Line { conn, req });
     }
-    engine.on_inbound(topic, payload, retain);
+    m.handle(
+        now,
+        wall,
+        Input::Inbound {
+            topic: topic.to_string(),
+            payload: payload.to_vec(),
+            retain,
+        },
+    );
     let mut lines = Vec::new();
-    while let Ok(line) = rx.try_recv() {
+    while let Some((_, line)) = m.poll_deliver() {
         lines.push(line);
     }
     lines

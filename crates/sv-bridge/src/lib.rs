@@ -8,8 +8,9 @@
 //! Module map: [`settings`] (environment → validated [`Settings`]), [`codec`] (the pure line
 //! protocol), [`outbox`] (the pure message queue that survives reconnects), [`topics`] and
 //! [`time`] (the wire contract's names and timestamps), [`discovery`] (Home Assistant discovery
-//! configs from the instance file); the engine, socket server and control
-//! client are private and reached through [`run`], [`main_bridge`] and [`main_publish`].
+//! configs from the instance file); the bridge's state machine (the MQTT contract without IO),
+//! the engine that drives it, the socket server and the control client are private and reached
+//! through [`run`], [`main_bridge`] and [`main_publish`].
 #![deny(unsafe_code)] // one audited exception: `quickack`
 
 pub mod codec;
@@ -24,6 +25,7 @@ pub mod topics;
 mod cli;
 mod control;
 mod engine;
+mod machine;
 mod merge;
 mod quickack;
 mod server;
@@ -37,7 +39,7 @@ pub use cli::{log_level, main_bridge, main_listen, main_publish};
 pub use settings::{Secret, Settings, SettingsError, default_socket_path, socket_path};
 
 /// The longest the bridge takes from its stop signal to its exit (final `offline` included).
-pub const STOP_BUDGET: std::time::Duration = engine::STOP_BUDGET;
+pub const STOP_BUDGET: std::time::Duration = machine::STOP_BUDGET;
 
 /// What the bridge needs to know about the supervisor.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

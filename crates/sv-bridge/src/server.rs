@@ -4,7 +4,8 @@
 //! Invariants: a line longer than `max_line_bytes` is never buffered whole (it is discarded up to
 //! the next newline and answered with `line_too_long`); a reader waits while the engine's input
 //! queue is full, which slows a flooding program down without affecting others; each connection
-//! has its own write queue, bounded in lines ([`WRITE_QUEUE`]) and bytes ([`WRITE_QUEUE_BYTES`]),
+//! has its own write queue, bounded in lines ([`WRITE_QUEUE`]) and bytes
+//! ([`crate::machine::WRITE_QUEUE_BYTES`]) by the machine, which the writer tells what it wrote,
 //! so a program that does not read only loses its own messages and costs bounded memory; at most
 //! `max_connections` connections are served at once (one more is told `too_many_connections`
 //! and closed), so connecting in a loop costs bounded memory too.
@@ -13,7 +14,6 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -21,15 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::BridgeError;
 use crate::codec::{ErrorCode, Reply, decode_request};
-use crate::engine::FromConn;
+use crate::engine::{FromConn, Written};
+use crate::machine::WRITE_QUEUE;
 use crate::settings::Settings;
 
-/// Lines queued towards one program before further ones are refused.
-pub(crate) const WRITE_QUEUE: usize = 256;
-/// Bytes queued towards one program before further lines are refused (one line of any length
-/// is always accepted into an empty queue). Without it, 256 inbound messages of up to the
-/// maximum packet size could pin hundreds of MB for one program that does not read.
-pub(crate) const WRITE_QUEUE_BYTES: usize = 1 << 20;
 /// Queued lines are gathered into one write up to about this size (still counted as queued
 /// until written).
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
@@ -87,6 +82,7 @@ pub(crate) async fn accept_loop(
     max_line: usize,
     max_connections: usize,
     to_engine: mpsc::Sender<FromConn>,
+    written: mpsc::UnboundedSender<Written>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut next = 0u64;
@@ -99,8 +95,9 @@ pub(crate) async fn accept_loop(
                     refusing = false;
                     next += 1;
                     let to_engine = to_engine.clone();
+                    let written = written.clone();
                     tokio::spawn(async move {
-                        serve(stream, next, max_line, to_engine).await;
+                        serve(stream, next, max_line, to_engine, written).await;
                         drop(slot);
                     });
                 }
@@ -135,12 +132,16 @@ fn refuse(stream: &UnixStream, max: usize) {
     let _ = stream.try_write(crate::codec::encode_reply(&reply).as_bytes());
 }
 
-async fn serve(stream: UnixStream, conn: u64, max_line: usize, to_engine: mpsc::Sender<FromConn>) {
+async fn serve(
+    stream: UnixStream,
+    conn: u64,
+    max_line: usize,
+    to_engine: mpsc::Sender<FromConn>,
+    written: mpsc::UnboundedSender<Written>,
+) {
     let pid = stream.peer_cred().ok().and_then(|c| c.pid());
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<String>(WRITE_QUEUE);
-    let queued = Arc::new(AtomicUsize::new(0));
-    let written = queued.clone();
     tokio::spawn(async move {
         let mut out = Vec::new();
         while let Some(line) = rx.recv().await {
@@ -148,17 +149,22 @@ async fn serve(stream: UnixStream, conn: u64, max_line: usize, to_engine: mpsc::
             // its replies in batches, one system call and one wake-up for many.
             out.clear();
             out.extend_from_slice(line.as_bytes());
+            let mut lines = 1;
             while out.len() < WRITE_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(more) => out.extend_from_slice(more.as_bytes()),
+                    Ok(more) => {
+                        out.extend_from_slice(more.as_bytes());
+                        lines += 1;
+                    }
                     Err(_) => break,
                 }
             }
             let result = write.write_all(&out).await;
-            let n = out.len();
-            // Saturating: a line queued before the engine saw `Accounted` was never added.
-            let _ = written.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(v.saturating_sub(n))
+            // The machine counts these lines as queued until told.
+            let _ = written.send(Written {
+                conn,
+                lines,
+                bytes: out.len(),
             });
             if result.is_err() {
                 break;
@@ -169,10 +175,6 @@ async fn serve(stream: UnixStream, conn: u64, max_line: usize, to_engine: mpsc::
         .send(FromConn::Opened { conn, pid, tx })
         .await
         .is_err()
-        || to_engine
-            .send(FromConn::Accounted { conn, queued })
-            .await
-            .is_err()
     {
         return;
     }

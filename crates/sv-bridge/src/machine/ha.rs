@@ -1,4 +1,4 @@
-//! Home Assistant discovery on behalf of every program: the engine's side.
+//! Home Assistant discovery on behalf of every program: the bridge machine's side.
 //!
 //! The configs come from the instance file ([`crate::discovery`]) and from programs (the
 //! `ha_discovery` op, for devices the file cannot describe); both are published retained on
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value, json};
 
-use super::Engine;
+use super::Machine;
 use crate::codec::ErrorCode;
 use crate::discovery::{self, Config, Context};
 use crate::settings::DeviceInfo;
@@ -128,7 +128,7 @@ impl Ha {
     }
 }
 
-impl Engine {
+impl Machine {
     fn ha_context(&self) -> Option<Context<'_>> {
         let prefix = self.s.ha_discovery.as_deref()?;
         Some(Context {
@@ -197,7 +197,7 @@ impl Engine {
         self.publish_json(t, &index, 1, true);
     }
 
-    /// An inbound message on one of [`Engine::ha_filters`].
+    /// An inbound message on one of [`Machine::ha_filters`].
     pub(super) fn ha_inbound(&mut self, topic: &str, payload: &[u8], retain: bool) {
         let Some(ha) = &self.ha else { return };
         if topic == format!("{}/status", ha.prefix) {

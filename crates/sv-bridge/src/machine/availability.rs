@@ -3,13 +3,13 @@
 //! Home Assistant marks an entity unavailable only when this topic says so, so it must follow
 //! the program that serves the device rather than the last thing that program said: a device is
 //! `online` while a connected, ready program claims it and has not reported `online: false`
-//! for it, and `offline` otherwise. The engine computes the wanted value per device (it knows
+//! for it, and `offline` otherwise. The machine computes the wanted value per device (it knows
 //! the claims and the supervisor's view); this module remembers what was reported and what was
 //! published, and says which retained messages must change. It has no IO.
 
 use std::collections::HashMap;
 
-use super::Engine;
+use super::Machine;
 use crate::topics::valid_segment;
 
 /// Reported and published availability per device.
@@ -82,7 +82,7 @@ impl Availability {
     }
 }
 
-impl Engine {
+impl Machine {
     /// The connection serving `device`: its explicit claim, else a catch-all `hello` (which
     /// does not cover devices the instance file disables).
     fn device_owner(&self, device: &str) -> Option<u64> {
