@@ -25,7 +25,9 @@ use signal_hook::consts::signal::{
     SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
 };
 use sv_core::config::{Config, OutputMode, ProgramConfig, ReadinessCheck};
-use sv_core::machine::{Action, Event, ExitStatus, Input, Machine, ProbeKind, ProgramId, Snapshot};
+use sv_core::machine::{
+    Action, Event, ExitStatus, Goal, Input, Machine, ProbeKind, ProgramId, Progress, Snapshot,
+};
 use sv_core::notify::Notify;
 use sv_core::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -81,15 +83,6 @@ pub(crate) struct ControlMsg {
 enum Answer {
     Now(serde_json::Value),
     Wait(Vec<(ProgramId, Goal)>, Option<serde_json::Value>),
-}
-
-/// What a pending `start`/`stop`/`restart`/`reload` waits for.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Goal {
-    Running,
-    Stopped,
-    /// Removed by a reload, its process gone.
-    Removed,
 }
 
 #[derive(Debug)]
@@ -1073,85 +1066,32 @@ impl Supervisor {
         }
     }
 
-    /// Whether a program held back by its dependencies can expect them to come: one of them is
-    /// starting, backing off or stopping (to restart), running towards a `completed` condition,
-    /// or itself waiting for dependencies on their way. `depth` bounds the walk (the dependency
-    /// graph is validated acyclic, so the number of programs is enough).
-    fn dependencies_on_the_way(&self, id: ProgramId, snap: &Snapshot, depth: usize) -> bool {
-        use sv_core::config::DependencyCondition;
-        if depth == 0 {
-            return false;
-        }
-        self.machine
-            .program(id)
-            .depends_on
-            .iter()
-            .any(|(name, cond)| {
-                let Some(d) = self.machine.find(name) else {
-                    return false;
-                };
-                let Some(ds) = status_of(snap, &self.machine.program(d).name) else {
-                    return false;
-                };
-                match ds.state {
-                    "STARTING" | "BACKOFF" | "STOPPING" => true,
-                    "RUNNING" => *cond == DependencyCondition::Completed,
-                    "STOPPED" => {
-                        ds.reason
-                            .as_deref()
-                            .is_some_and(|r| r.starts_with("waiting for"))
-                            && self.dependencies_on_the_way(d, snap, depth - 1)
-                    }
-                    _ => false,
-                }
-            })
-    }
-
     fn check_waiters(&mut self, now: Instant) {
         if self.waiters.is_empty() {
             return;
         }
-        let snap = self.machine.snapshot(now);
         let shutting_down = self.machine.is_shutting_down();
         let waiters = std::mem::take(&mut self.waiters);
         for w in waiters {
             let mut done = true;
             let mut results = Vec::new();
             for &(id, goal) in &w.ids {
-                let name = &self.machine.program(id).name;
-                let Some(s) = status_of(&snap, name).filter(|_| !self.machine.is_removed(id))
-                else {
-                    // Gone: what a removal waits for, and the end of any other wait.
-                    let reached = goal == Goal::Removed;
-                    results.push(serde_json::json!({
-                        "name": name, "ok": reached, "state": "REMOVED", "pid": null,
-                        "message": (!reached).then_some("removed by a reload"),
-                    }));
-                    continue;
-                };
-                let (reached, failed) = match goal {
-                    Goal::Removed => (false, false),
-                    // Still the old definition, or held until the reload has stopped the rest.
-                    Goal::Running if self.machine.reload_pending(id) => (false, false),
-                    Goal::Stopped => (
-                        self.machine.pid(id).is_none()
-                            && !matches!(s.state, "STARTING" | "STOPPING"),
-                        false,
-                    ),
-                    Goal::Running => (
-                        s.state == "RUNNING",
-                        matches!(s.state, "FATAL" | "EXITED")
-                            || (s.state == "STOPPED"
-                                && s.reason
-                                    .as_deref()
-                                    .is_some_and(|r| r.starts_with("waiting for"))
-                                && !self.dependencies_on_the_way(id, &snap, snap.programs.len())),
-                    ),
-                };
-                if !reached && !failed && !shutting_down && now < w.deadline {
+                let progress = self.machine.progress(id, goal);
+                // During a shutdown every request is answered at once, with where things stand.
+                if progress == Progress::Pending && !shutting_down && now < w.deadline {
                     done = false;
                     break;
                 }
+                let reached = progress == Progress::Reached;
+                if self.machine.is_removed(id) {
+                    // Gone: what a removal waits for, and the end of any other wait.
+                    results.push(serde_json::json!({
+                        "name": self.name(id), "ok": reached, "state": "REMOVED", "pid": null,
+                        "message": (!reached).then_some("removed by a reload"),
+                    }));
+                    continue;
+                }
+                let s = self.machine.status(now, id);
                 results.push(serde_json::json!({
                     "name": s.name, "ok": reached, "state": s.state, "pid": s.pid, "message": s.reason,
                 }));
@@ -1362,11 +1302,6 @@ impl Supervisor {
             }
         }
     }
-}
-
-/// A program's entry in a snapshot, by name (ids index the machine's slots, not the snapshot).
-fn status_of<'s>(snap: &'s Snapshot, name: &str) -> Option<&'s sv_core::machine::ProgramStatus> {
-    snap.programs.iter().find(|p| p.name == name)
 }
 
 fn signal_name(sig: i32) -> &'static str {
