@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use signal_hook::consts::signal::{
     SIGCHLD, SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2, SIGWINCH,
 };
-use sv_core::config::{Config, OutputMode, ProgramConfig, ReadinessCheck};
+use sv_core::config::{Config, OutputMode};
 use sv_core::machine::{Action, ExitStatus, Input, Machine, ProgramId, Snapshot};
 use sv_core::signal::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -582,36 +582,3 @@ fn signal_name(sig: i32) -> &'static str {
         _ => "signal",
     }
 }
-
-/// Adds the bridge as a supervised program: started first, stopped last, and every other
-/// program waits until its socket is listening (readiness `notify`).
-pub fn add_bridge_program(config: &mut Config, command: Vec<String>) {
-    use sv_core::config::{AutoRestart, DependencyCondition, ReadinessConfig};
-    let bridge = ProgramConfig {
-        priority: i32::MIN,
-        autorestart: AutoRestart::Always,
-        startsecs: Duration::ZERO,
-        // The bridge is ready as soon as its socket listens, before it talks to any broker, so
-        // a failed start is a configuration error (missing INSTANCE_NAME, unreadable instance
-        // file): give up after a couple of tries instead of backing off for a minute.
-        startretries: 2,
-        stopwaitsecs: Duration::from_secs(3),
-        readiness: ReadinessConfig {
-            check: ReadinessCheck::Notify,
-            timeout: Duration::from_secs(30),
-            interval: Duration::from_millis(250),
-        },
-        ..ProgramConfig::new(BRIDGE_PROGRAM, command)
-    };
-    for p in &mut config.programs {
-        if !p.depends_on.iter().any(|(d, _)| d == BRIDGE_PROGRAM) {
-            p.depends_on
-                .push((BRIDGE_PROGRAM.into(), DependencyCondition::Ready));
-        }
-    }
-    config.programs.push(bridge);
-    config.programs.sort_by(|a, b| a.name.cmp(&b.name));
-}
-
-/// The reserved program name of the bridge.
-pub const BRIDGE_PROGRAM: &str = "bridge";

@@ -89,12 +89,13 @@ pub(super) fn log_ready_hook(
 impl Supervisor {
     /// Binds the sd_notify socket of every program in `ids` that needs one and has none yet.
     pub(super) fn bind_notify_sockets(&mut self, ids: &[ProgramId]) {
-        let wants =
-            |p: &ProgramConfig| p.readiness.check == ReadinessCheck::Notify || p.watchdog.is_some();
         let ids: Vec<ProgramId> = ids
             .iter()
             .copied()
-            .filter(|id| wants(self.machine.program(*id)) && !self.notify_paths.contains_key(id))
+            .filter(|id| {
+                self.machine.program(*id).wants_notify_socket()
+                    && !self.notify_paths.contains_key(id)
+            })
             .collect();
         if ids.is_empty() {
             return;
