@@ -545,6 +545,9 @@ enum Phase {
 /// the kernel kill it).
 const ORPHAN_KILL_WAIT: Duration = Duration::from_millis(200);
 
+/// The bound of one readiness probe attempt; the readiness `timeout` bounds them all.
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The supervisor state machine. See the module documentation.
 #[derive(Debug)]
 pub struct Machine {
@@ -784,6 +787,25 @@ impl Machine {
     /// The program's config.
     pub fn program(&self, id: ProgramId) -> &ProgramConfig {
         &self.cfg[id.0]
+    }
+
+    /// What an [`Action::Probe`] of `kind` runs for the program, and how long one attempt may
+    /// take: the `[ready]` check, an attempt at most a second (never more than the readiness
+    /// `timeout`), or the `[liveness]` check with its own `timeout`. `None` for a liveness probe
+    /// of a program without one.
+    pub fn probe_check(
+        &self,
+        id: ProgramId,
+        kind: ProbeKind,
+    ) -> Option<(&ReadinessCheck, Duration)> {
+        let c = &self.cfg[id.0];
+        match kind {
+            ProbeKind::Readiness => Some((
+                &c.readiness.check,
+                READINESS_PROBE_TIMEOUT.min(c.readiness.timeout),
+            )),
+            ProbeKind::Liveness => c.liveness.as_ref().map(|l| (&l.check, l.timeout)),
+        }
     }
 
     /// Looks a program up by name (removed programs are not found).

@@ -1716,3 +1716,41 @@ fn a_removed_program_reaches_removed_and_nothing_else() {
     assert_eq!(w.m.progress(b, Goal::Running), Progress::Unreachable);
     assert_eq!(w.m.progress(b, Goal::Stopped), Progress::Unreachable);
 }
+
+#[test]
+fn a_probe_runs_its_own_check_and_a_readiness_attempt_is_bounded_by_a_second() {
+    let tcp = ReadinessCheck::Tcp {
+        address: "127.0.0.1:1".into(),
+    };
+    let exec = ReadinessCheck::Exec {
+        command: vec!["/bin/true".into()],
+    };
+    let mut slow = prog("slow");
+    slow.readiness.check = tcp.clone();
+    slow.readiness.timeout = Duration::from_secs(30);
+    slow.liveness = Some(LivenessConfig {
+        check: exec.clone(),
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+        failure_threshold: 3,
+        initial_delay: Duration::ZERO,
+    });
+    let mut quick = prog("quick");
+    quick.readiness.check = tcp.clone();
+    quick.readiness.timeout = Duration::from_millis(300);
+    let w = World::new(config(vec![slow, quick]));
+    let (slow, quick) = (w.id("slow"), w.id("quick"));
+    assert_eq!(
+        w.m.probe_check(slow, ProbeKind::Readiness),
+        Some((&tcp, Duration::from_secs(1)))
+    );
+    assert_eq!(
+        w.m.probe_check(quick, ProbeKind::Readiness),
+        Some((&tcp, Duration::from_millis(300)))
+    );
+    assert_eq!(
+        w.m.probe_check(slow, ProbeKind::Liveness),
+        Some((&exec, Duration::from_secs(5)))
+    );
+    assert_eq!(w.m.probe_check(quick, ProbeKind::Liveness), None);
+}

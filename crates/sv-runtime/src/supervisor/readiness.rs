@@ -51,9 +51,6 @@ pub(super) struct ExecProbe {
     pub(super) deadline: Instant,
 }
 
-/// Per-attempt bound of a readiness probe (the overall bound is the readiness `timeout`).
-const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// The `log` readiness hook of one incarnation: its first line matching `re` reports readiness,
 /// once. The report is never lost: when the loop's channel is momentarily full (a burst of
 /// sd_notify datagrams or probe results), a task waits for room instead of dropping it. Marking
@@ -154,17 +151,11 @@ impl Supervisor {
     }
 
     pub(super) fn start_probe(&mut self, id: ProgramId, pid: i32, kind: ProbeKind) {
-        let cfg = self.machine.program(id);
-        let (check, timeout) = match kind {
-            ProbeKind::Readiness => (
-                cfg.readiness.check.clone(),
-                READINESS_PROBE_TIMEOUT.min(cfg.readiness.timeout),
-            ),
-            ProbeKind::Liveness => match &cfg.liveness {
-                Some(l) => (l.check.clone(), l.timeout),
-                None => return,
-            },
+        let Some((check, timeout)) = self.machine.probe_check(id, kind) else {
+            return;
         };
+        let check = check.clone();
+        let cfg = self.machine.program(id);
         let tx = self.internal_tx.clone();
         match check {
             ReadinessCheck::Tcp { .. } | ReadinessCheck::Http { .. } => {
