@@ -284,7 +284,7 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
             "IOT2MQTT_SV_BRIDGE_SOCKET".to_string(),
             socket.display().to_string(),
         ));
-        sv_runtime::supervisor::add_bridge_program(&mut cfg, bridge_command.clone());
+        sv_bridge::add_bridge_program(&mut cfg, bridge_command.clone());
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -304,6 +304,7 @@ fn run(cli_socket: Option<PathBuf>, arg: &ConfigArg) -> u8 {
             reload: Some(sv_runtime::reload::Source {
                 path: abs,
                 bridge_command,
+                add_bridge: sv_bridge::add_bridge_program,
             }),
         },
     ));
@@ -475,24 +476,4 @@ fn main() -> ExitCode {
         )),
     };
     ExitCode::from(code)
-}
-
-#[cfg(test)]
-mod tests {
-    /// The supervisor SIGKILLs the bridge `stopwaitsecs` after SIGTERM; the bridge's own stop
-    /// (final `offline`, then a clean or a deliberately unclean close) must end before that, or
-    /// the kill would decide whether the broker publishes the Last Will.
-    #[test]
-    fn the_bridge_stops_within_its_stopwaitsecs() {
-        let mut cfg =
-            sv_core::config::parse("[bridge]\n", std::path::Path::new("t.toml"), &|_| None)
-                .expect("config");
-        sv_runtime::supervisor::add_bridge_program(&mut cfg, vec!["bridge".into()]);
-        let bridge = cfg
-            .programs
-            .iter()
-            .find(|p| p.name == sv_runtime::supervisor::BRIDGE_PROGRAM)
-            .expect("the bridge program");
-        assert!(sv_bridge::STOP_BUDGET < bridge.stopwaitsecs);
-    }
 }

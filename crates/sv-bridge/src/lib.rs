@@ -8,9 +8,10 @@
 //! Module map: [`settings`] (environment → validated [`Settings`]), [`codec`] (the pure line
 //! protocol), [`outbox`] (the pure message queue that survives reconnects), [`topics`] and
 //! [`time`] (the wire contract's names and timestamps), [`discovery`] (Home Assistant discovery
-//! configs from the instance file); the bridge's state machine (the MQTT contract without IO),
-//! the engine that drives it, the socket server and the control client are private and reached
-//! through [`run`], [`main_bridge`] and [`main_publish`].
+//! configs from the instance file), [`program`] (the defaults PID 1 runs the bridge with); the
+//! bridge's state machine (the MQTT contract without IO), the engine that drives it, the socket
+//! server and the control client are private and reached through [`run`], [`main_bridge`] and
+//! [`main_publish`].
 #![deny(unsafe_code)] // one audited exception: `quickack`
 
 pub mod codec;
@@ -18,6 +19,7 @@ pub mod discovery;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod outbox;
+pub mod program;
 pub mod settings;
 pub mod time;
 pub mod topics;
@@ -36,6 +38,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use cli::{log_level, main_bridge, main_listen, main_publish};
+pub use program::add_bridge_program;
 pub use settings::{Secret, Settings, SettingsError, default_socket_path, socket_path};
 
 /// The longest the bridge takes from its stop signal to its exit (final `offline` included).

@@ -84,7 +84,7 @@ const STOP_ACK_WAIT: Duration = Duration::from_millis(2000);
 /// Bound on waiting for the broker to close the connection after a clean DISCONNECT.
 const STOP_CLOSE_WAIT: Duration = Duration::from_millis(500);
 /// The longest the bridge takes from its stop signal to its exit; it must stay below the
-/// bridge program's `stopwaitsecs` (3 s, `sv_runtime::supervisor::add_bridge_program`), or
+/// bridge program's `stopwaitsecs` (3 s, [`crate::program::add_bridge_program`]), or
 /// the supervisor's SIGKILL would decide the outcome.
 pub(crate) const STOP_BUDGET: Duration = STOP_ACK_WAIT.saturating_add(STOP_CLOSE_WAIT);
 /// Longest pause between attempts while the broker cannot be reached. An attempt against a

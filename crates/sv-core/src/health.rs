@@ -172,14 +172,10 @@ pub fn metrics_text(snap: &Snapshot) -> String {
 
     let mut states = Vec::new();
     for p in progs {
-        let mut names: Vec<&str> = STATES.iter().map(|s| s.name()).collect();
-        if !names.contains(&p.state) {
-            names.push(p.state);
-        }
-        for s in names {
+        for s in STATES {
             let v = if s == p.state { "1" } else { "0" };
             states.push((
-                vec![("program", p.name.as_str()), ("state", s)],
+                vec![("program", p.name.as_str()), ("state", s.name())],
                 v.to_owned(),
             ));
         }
@@ -505,11 +501,12 @@ mod tests {
         assert!(parsed.connected && parsed.published_total == 0);
     }
 
-    fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
+    fn program(name: &str, state: State, healthy: bool) -> ProgramStatus {
         ProgramStatus {
             name: name.into(),
             group: None,
             state,
+            blocked_on: None,
             pid: Some(42),
             ready: healthy,
             healthy,
@@ -539,10 +536,10 @@ mod tests {
 
     #[test]
     fn healthy_document_passes_with_a_check_per_program() {
-        let mut web = program("web", "RUNNING", true);
+        let mut web = program("web", State::Running, true);
         web.status_text = Some("serving".into());
         let snap = snapshot(
-            vec![program("db", "RUNNING", true), web],
+            vec![program("db", State::Running, true), web],
             true,
             "all critical programs ready",
         );
@@ -559,7 +556,7 @@ mod tests {
 
     #[test]
     fn unhealthy_document_fails_and_says_why() {
-        let mut db = program("db", "BACKOFF", false);
+        let mut db = program("db", State::Backoff, false);
         db.reason = Some("exited with code 1".into());
         let snap = snapshot(vec![db], false, "db is not ready: exited with code 1");
         let doc = health_json(&snap);
@@ -581,10 +578,10 @@ mod tests {
 
     #[test]
     fn memory_and_restart_limit_families_appear_only_for_programs_that_set_them() {
-        let plain = snapshot(vec![program("web", "RUNNING", true)], true, "ok");
+        let plain = snapshot(vec![program("web", State::Running, true)], true, "ok");
         let text = metrics_text(&plain);
         assert!(!text.contains("memory_restarts") && !text.contains("restart_limit"));
-        let mut leaky = program("leaky", "RUNNING", true);
+        let mut leaky = program("leaky", State::Running, true);
         leaky.memory_restarts = Some(2);
         leaky.restart_limit_failures = Some(1);
         let text = metrics_text(&snapshot(vec![leaky], true, "ok"));
@@ -603,11 +600,11 @@ mod tests {
 
     #[test]
     fn metrics_have_every_family_with_help_and_type() {
-        let mut db = program("db", "EXITED", false);
+        let mut db = program("db", State::Exited, false);
         db.exit_status = Some(137);
         db.uptime_s = None;
         let snap = snapshot(
-            vec![db, program("web", "RUNNING", true)],
+            vec![db, program("web", State::Running, true)],
             false,
             "db exited",
         );
@@ -659,7 +656,7 @@ mod tests {
     #[test]
     fn every_sample_line_has_the_exposition_shape() {
         let snap = snapshot(
-            vec![program("a.b-c_1", "STARTING", false)],
+            vec![program("a.b-c_1", State::Starting, false)],
             false,
             "starting",
         );
@@ -683,7 +680,7 @@ mod tests {
     fn label_values_and_help_are_escaped() {
         assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
         assert_eq!(escape_help("x\\y\nz\"q"), "x\\\\y\\nz\"q");
-        let snap = snapshot(vec![program("we\"ird\n", "RUNNING", true)], true, "ok");
+        let snap = snapshot(vec![program("we\"ird\n", State::Running, true)], true, "ok");
         assert!(metrics_text(&snap).contains(r#"{program="we\"ird\n"} 3"#));
     }
 

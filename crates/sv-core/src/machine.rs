@@ -14,7 +14,10 @@
 //!   dependencies, higher `priority` before lower) and always ends by `shutdown_timeout`;
 //! - the machine emits [`Action::Exit`] exactly once, and only after every program has exited.
 
+mod goal;
 mod sched;
+
+pub use goal::{Goal, Progress};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -60,8 +63,9 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-/// supervisord's state names, which `status` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A program's state; `status` prints supervisord's names for them ([`State::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum State {
     /// Not running and not asked to (or waiting for its dependencies).
     Stopped,
@@ -90,6 +94,79 @@ impl State {
             State::Stopping => "STOPPING",
             State::Exited => "EXITED",
             State::Fatal => "FATAL",
+        }
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What holds a program that is to run in `STOPPED`. Decisions are taken on this value; the
+/// text `status` shows as the program's `reason` is rendered from it ([`BlockedOn`]'s
+/// `Display`), so rewording that text changes no behaviour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockedOn {
+    /// Its `depends_on` entry `name` does not meet `condition`; `state` is the dependency's
+    /// state when the program last tried to start.
+    Dependency {
+        name: String,
+        condition: DependencyCondition,
+        state: State,
+    },
+    /// Added or redefined by a reload that is still stopping the programs it replaces.
+    Reload,
+}
+
+impl std::fmt::Display for BlockedOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BlockedOn::Dependency {
+                name,
+                condition,
+                state,
+            } => {
+                let what = match condition {
+                    DependencyCondition::Started => "started",
+                    DependencyCondition::Ready => "ready",
+                    DependencyCondition::Completed => "completed",
+                };
+                write!(f, "waiting for {name} to be {what} (it is {state})")
+            }
+            BlockedOn::Reload => {
+                f.write_str("waiting for the reload to stop the programs it replaces")
+            }
+        }
+    }
+}
+
+/// Why a program is in its state, as the machine keeps it: a typed block, or the text of a
+/// failure or an operator's request.
+#[derive(Debug, Clone, PartialEq)]
+enum Reason {
+    Blocked(BlockedOn),
+    Text(String),
+}
+
+impl From<String> for Reason {
+    fn from(text: String) -> Reason {
+        Reason::Text(text)
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(text: &str) -> Reason {
+        Reason::Text(text.to_string())
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Blocked(b) => b.fmt(f),
+            Reason::Text(t) => f.write_str(t),
         }
     }
 }
@@ -262,8 +339,12 @@ pub struct ProgramStatus {
     /// The `[program.NAME]` table of a `numprocs` instance (absent for a plain program).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// supervisord's state name, e.g. `"RUNNING"`.
-    pub state: &'static str,
+    /// Its state, serialised as supervisord's name, e.g. `"RUNNING"`.
+    pub state: State,
+    /// What holds it in `STOPPED` although it is to run; not part of the control protocol
+    /// (`reason` carries its text).
+    #[serde(skip)]
+    pub blocked_on: Option<BlockedOn>,
     /// The live process, if any.
     pub pid: Option<i32>,
     /// Passed its readiness check and still running.
@@ -280,7 +361,8 @@ pub struct ProgramStatus {
     pub exit_status: Option<i32>,
     /// Seconds since the current process was spawned.
     pub uptime_s: Option<f64>,
-    /// Why it is in its state: waiting for a dependency, the last failure, a probe error.
+    /// Why it is in its state: waiting for a dependency ([`ProgramStatus::blocked_on`]
+    /// rendered), the last failure, a probe error.
     pub reason: Option<String>,
     /// The last sd_notify `STATUS=` text.
     pub status_text: Option<String>,
@@ -353,7 +435,7 @@ struct Prog {
     last_exit: Option<i32>,
     /// Exited with an expected code and not started since: satisfies `completed`.
     completed: bool,
-    reason: Option<String>,
+    reason: Option<Reason>,
     status_text: Option<String>,
     probe_failures: u64,
     consecutive_probe_failures: u32,
@@ -462,6 +544,9 @@ enum Phase {
 /// anyway (a process stuck in uninterruptible sleep cannot be reaped; exiting as PID 1 makes
 /// the kernel kill it).
 const ORPHAN_KILL_WAIT: Duration = Duration::from_millis(200);
+
+/// The bound of one readiness probe attempt; the readiness `timeout` bounds them all.
+const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The supervisor state machine. See the module documentation.
 #[derive(Debug)]
@@ -676,7 +761,7 @@ impl Machine {
         }
         for p in &mut self.progs {
             if p.held {
-                p.reason = Some("waiting for the reload to stop the programs it replaces".into());
+                p.reason = Some(Reason::Blocked(BlockedOn::Reload));
             }
         }
     }
@@ -702,6 +787,25 @@ impl Machine {
     /// The program's config.
     pub fn program(&self, id: ProgramId) -> &ProgramConfig {
         &self.cfg[id.0]
+    }
+
+    /// What an [`Action::Probe`] of `kind` runs for the program, and how long one attempt may
+    /// take: the `[ready]` check, an attempt at most a second (never more than the readiness
+    /// `timeout`), or the `[liveness]` check with its own `timeout`. `None` for a liveness probe
+    /// of a program without one.
+    pub fn probe_check(
+        &self,
+        id: ProgramId,
+        kind: ProbeKind,
+    ) -> Option<(&ReadinessCheck, Duration)> {
+        let c = &self.cfg[id.0];
+        match kind {
+            ProbeKind::Readiness => Some((
+                &c.readiness.check,
+                READINESS_PROBE_TIMEOUT.min(c.readiness.timeout),
+            )),
+            ProbeKind::Liveness => c.liveness.as_ref().map(|l| (&l.check, l.timeout)),
+        }
     }
 
     /// Looks a program up by name (removed programs are not found).
@@ -1099,43 +1203,7 @@ impl Machine {
 
     /// Everything `status` shows.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let mut programs: Vec<ProgramStatus> = self
-            .ids()
-            .map(|id| {
-                let c = &self.cfg[id.0];
-                let p = &self.progs[id.0];
-                ProgramStatus {
-                    name: c.name.clone(),
-                    group: c.group.clone(),
-                    state: p.state.name(),
-                    pid: p.pid,
-                    ready: p.state == State::Running,
-                    healthy: self.program_healthy(id),
-                    critical: c.critical,
-                    readiness: readiness_name(&c.readiness.check),
-                    restarts: p.restarts,
-                    exit_status: p.last_exit,
-                    uptime_s: p
-                        .pid
-                        .and(p.started_at)
-                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
-                    reason: p.reason.clone(),
-                    status_text: p.status_text.clone(),
-                    probe_failures: p.probe_failures,
-                    schedule: self.schedule_status(id),
-                    log_file_dropped_lines: None,
-                    restart_limit_failures: c.restart_limit.map(|l| {
-                        let inside = p
-                            .recent_failures
-                            .iter()
-                            .filter(|t| now.saturating_duration_since(**t) < l.within)
-                            .count();
-                        u32::try_from(inside).unwrap_or(u32::MAX)
-                    }),
-                    memory_restarts: c.max_rss.map(|_| p.memory_restarts),
-                }
-            })
-            .collect();
+        let mut programs: Vec<ProgramStatus> = self.ids().map(|id| self.status(now, id)).collect();
         // Programs added by a reload come after the others in id order; `status` is by name.
         programs.sort_by(|a, b| a.name.cmp(&b.name));
         let (healthy, reason) = if self.phase != Phase::Running {
@@ -1157,6 +1225,58 @@ impl Machine {
             healthy,
             reason,
             shutting_down: self.phase != Phase::Running,
+        }
+    }
+
+    /// One program as `status` shows it.
+    pub fn status(&self, now: Instant, id: ProgramId) -> ProgramStatus {
+        let c = &self.cfg[id.0];
+        let p = &self.progs[id.0];
+        ProgramStatus {
+            name: c.name.clone(),
+            group: c.group.clone(),
+            state: p.state,
+            blocked_on: self.blocked_on(id),
+            pid: p.pid,
+            ready: p.state == State::Running,
+            healthy: self.program_healthy(id),
+            critical: c.critical,
+            readiness: readiness_name(&c.readiness.check),
+            restarts: p.restarts,
+            exit_status: p.last_exit,
+            uptime_s: p
+                .pid
+                .and(p.started_at)
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            reason: p.reason.as_ref().map(ToString::to_string),
+            status_text: p.status_text.clone(),
+            probe_failures: p.probe_failures,
+            schedule: self.schedule_status(id),
+            log_file_dropped_lines: None,
+            restart_limit_failures: c.restart_limit.map(|l| {
+                let inside = p
+                    .recent_failures
+                    .iter()
+                    .filter(|t| now.saturating_duration_since(**t) < l.within)
+                    .count();
+                u32::try_from(inside).unwrap_or(u32::MAX)
+            }),
+            memory_restarts: c.max_rss.map(|_| p.memory_restarts),
+        }
+    }
+
+    /// What holds the program in `STOPPED` although it is to run, if anything.
+    pub fn blocked_on(&self, id: ProgramId) -> Option<BlockedOn> {
+        let p = &self.progs[id.0];
+        if p.state != State::Stopped {
+            return None;
+        }
+        if p.held {
+            return Some(BlockedOn::Reload);
+        }
+        match &p.reason {
+            Some(Reason::Blocked(b @ BlockedOn::Dependency { .. })) => Some(b.clone()),
+            _ => None,
         }
     }
 
@@ -1182,7 +1302,7 @@ impl Machine {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn deps_hold(&self, id: ProgramId) -> Result<(), String> {
+    fn deps_hold(&self, id: ProgramId) -> Result<(), BlockedOn> {
         for (name, cond) in &self.cfg[id.0].depends_on {
             let Some(d) = self.find(name) else { continue };
             let p = &self.progs[d.0];
@@ -1196,15 +1316,11 @@ impl Machine {
                 DependencyCondition::Completed => p.completed,
             };
             if !ok {
-                let what = match cond {
-                    DependencyCondition::Started => "started",
-                    DependencyCondition::Ready => "ready",
-                    DependencyCondition::Completed => "completed",
-                };
-                return Err(format!(
-                    "waiting for {name} to be {what} (it is {})",
-                    p.state.name()
-                ));
+                return Err(BlockedOn::Dependency {
+                    name: name.clone(),
+                    condition: *cond,
+                    state: p.state,
+                });
             }
         }
         Ok(())
@@ -1222,7 +1338,7 @@ impl Machine {
             }
             match self.deps_hold(id) {
                 Ok(()) => self.spawn(now, id),
-                Err(why) => self.progs[id.0].reason = Some(why),
+                Err(why) => self.progs[id.0].reason = Some(Reason::Blocked(why)),
             }
         }
     }
@@ -1323,7 +1439,7 @@ impl Machine {
             (ProbeKind::Readiness, State::Starting) => match result {
                 Ok(()) => self.become_ready(now, id),
                 Err(e) => {
-                    p.reason = Some(format!("readiness: {e}"));
+                    p.reason = Some(format!("readiness: {e}").into());
                     p.next_probe = Some(now + self.cfg[id.0].readiness.interval);
                 }
             },
@@ -1347,7 +1463,7 @@ impl Machine {
                             "liveness: {e} ({} of {} failures)",
                             p.consecutive_probe_failures, l.failure_threshold
                         );
-                        p.reason = Some(reason.clone());
+                        p.reason = Some(reason.clone().into());
                         if p.consecutive_probe_failures >= l.failure_threshold {
                             self.events.push_back(Event::Unhealthy {
                                 program: id,
@@ -1515,7 +1631,7 @@ impl Machine {
             }
             Some(StopIntent::Dependency(r)) => {
                 p.state = State::Stopped;
-                p.reason = Some(r);
+                p.reason = Some(r.into());
                 self.try_start_all(now);
                 return;
             }
@@ -1556,7 +1672,7 @@ impl Machine {
                     p.state = State::Exited;
                     p.want_running = false;
                     p.completed = expected;
-                    p.reason = Some(format!("exited with {what}"));
+                    p.reason = Some(format!("exited with {what}").into());
                     if c.critical && !expected {
                         let reason = format!("critical program {} exited with {what}", c.name);
                         // Exit code 0 is "success" to the container runtime; an unexpected exit
@@ -1656,7 +1772,7 @@ impl Machine {
         let p = &mut self.progs[id.0];
         p.state = State::Fatal;
         p.want_running = false;
-        p.reason = Some(why.clone());
+        p.reason = Some(why.clone().into());
         self.events.push_back(Event::Fatal {
             program: id,
             reason: why,
@@ -1674,7 +1790,7 @@ impl Machine {
         let p = &mut self.progs[id.0];
         p.state = State::Backoff;
         p.backoff_until = Some(now + delay);
-        p.reason = Some(reason);
+        p.reason = Some(reason.into());
         self.events.push_back(Event::Backoff {
             program: id,
             delay,

@@ -10,7 +10,7 @@
 //! `[supervisor]` keys that only matter at start (the control socket, the log format, ...) are
 //! listed in [`Plan::not_applied`] rather than silently ignored.
 
-use crate::config::{Config, ProgramConfig, SupervisorSettings};
+use crate::config::{BRIDGE_PROGRAM, Config, ProgramConfig, SupervisorSettings};
 
 /// The difference between two configs.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
@@ -48,9 +48,6 @@ impl Plan {
         self.changed.iter().any(|c| c.name == name)
     }
 }
-
-/// The program the supervisor runs for the `[bridge]` table.
-const BRIDGE_PROGRAM: &str = "bridge";
 
 /// Compares the running config with a new one.
 pub fn plan(old: &Config, new: &Config) -> Plan {

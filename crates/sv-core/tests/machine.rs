@@ -882,7 +882,7 @@ fn shutdown_cancels_spawns_still_queued() {
     assert_eq!(
         snap.programs
             .iter()
-            .filter(|p| p.state == "STOPPED")
+            .filter(|p| p.state == State::Stopped)
             .count(),
         47
     );
@@ -1515,4 +1515,242 @@ fn a_changed_program_that_exits_by_itself_before_its_turn_comes_back_with_the_ne
         ["b", "a"],
         "only new definitions, dependency first"
     );
+}
+
+fn progress(w: &World, name: &str, goal: Goal) -> Progress {
+    w.m.progress(w.id(name), goal)
+}
+
+/// `app` needs `db` ready; `db` fails every start (`startretries = 1`) and is not critical.
+fn app_on_a_failing_db() -> World {
+    let mut db = prog("db");
+    db.startretries = 1;
+    // Not critical: giving up on it must not shut the supervisor down.
+    db.critical = false;
+    db.startsecs = Duration::from_secs(1);
+    let mut app = prog("app");
+    app.depends_on = vec![("db".into(), DependencyCondition::Ready)];
+    booted_crashing(
+        vec![db, app],
+        "db",
+        Duration::from_millis(10),
+        ExitStatus::Code(1),
+    )
+}
+
+#[test]
+fn a_program_held_by_its_dependency_says_so_in_types_and_in_the_old_words() {
+    let w = app_on_a_failing_db();
+    let app = w.m.status(w.now, w.id("app"));
+    assert_eq!(app.state, State::Stopped);
+    assert_eq!(
+        app.blocked_on,
+        Some(BlockedOn::Dependency {
+            name: "db".into(),
+            condition: DependencyCondition::Ready,
+            state: State::Starting,
+        })
+    );
+    // The text `status` and the control protocol show is rendered from the type, unchanged.
+    assert_eq!(
+        app.reason.as_deref(),
+        Some("waiting for db to be ready (it is STARTING)")
+    );
+    let json = serde_json::to_value(&app).expect("json");
+    assert_eq!(json["state"], "STOPPED");
+    assert!(json.get("blocked_on").is_none(), "not part of the protocol");
+    assert_eq!(w.m.blocked_on(w.id("db")), None);
+}
+
+#[test]
+fn start_waits_while_a_dependency_backs_off_and_gives_up_when_it_is_fatal() {
+    let mut w = app_on_a_failing_db();
+    assert_eq!(progress(&w, "app", Goal::Running), Progress::Pending);
+    w.run_until(Duration::from_secs(30), |w| w.state("db") == State::Backoff);
+    assert_eq!(
+        progress(&w, "app", Goal::Running),
+        Progress::Pending,
+        "db may still come up"
+    );
+    w.run_until(Duration::from_secs(60), |w| w.state("db") == State::Fatal);
+    assert_eq!(progress(&w, "db", Goal::Running), Progress::Unreachable);
+    assert_eq!(
+        progress(&w, "app", Goal::Running),
+        Progress::Unreachable,
+        "nothing will start db again"
+    );
+    // An operator's `start db` changes the picture: both are on their way again.
+    w.input(Input::StartRequested(w.id("db")));
+    assert_eq!(progress(&w, "db", Goal::Running), Progress::Pending);
+    assert_eq!(progress(&w, "app", Goal::Running), Progress::Pending);
+}
+
+#[test]
+fn start_waits_through_a_chain_of_waiting_dependencies_until_the_root_is_stopped() {
+    let mut db = prog("db");
+    db.startretries = 100;
+    let mut mid = prog("mid");
+    mid.depends_on = vec![("db".into(), DependencyCondition::Ready)];
+    let mut app = prog("app");
+    app.depends_on = vec![("mid".into(), DependencyCondition::Started)];
+    let mut w = booted_crashing(
+        vec![db, mid, app],
+        "db",
+        Duration::from_millis(10),
+        ExitStatus::Code(1),
+    );
+    w.run_until(Duration::from_secs(30), |w| w.state("db") == State::Backoff);
+    assert!(matches!(
+        w.m.blocked_on(w.id("app")),
+        Some(BlockedOn::Dependency { ref name, .. }) if name == "mid"
+    ));
+    assert_eq!(progress(&w, "app", Goal::Running), Progress::Pending);
+    // Stopped by the operator, db stays down: mid never starts, so app never does.
+    w.input(Input::StopRequested(w.id("db")));
+    assert_eq!(progress(&w, "db", Goal::Stopped), Progress::Reached);
+    assert_eq!(progress(&w, "mid", Goal::Running), Progress::Unreachable);
+    assert_eq!(progress(&w, "app", Goal::Running), Progress::Unreachable);
+}
+
+#[test]
+fn start_waits_for_a_running_dependency_to_complete_but_not_for_one_that_will_never_run() {
+    let mut job = prog("job");
+    job.autorestart = AutoRestart::Never;
+    let mut off = prog("off");
+    off.autostart = false;
+    let mut after = prog("after");
+    after.depends_on = vec![("job".into(), DependencyCondition::Completed)];
+    let mut orphan = prog("orphan");
+    orphan.depends_on = vec![("off".into(), DependencyCondition::Started)];
+    let mut w = World::new(config(vec![job, off, after, orphan]));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| w.state("job") == State::Running);
+    assert_eq!(
+        progress(&w, "after", Goal::Running),
+        Progress::Pending,
+        "job may still complete"
+    );
+    assert_eq!(progress(&w, "orphan", Goal::Running), Progress::Unreachable);
+    assert_eq!(progress(&w, "off", Goal::Stopped), Progress::Reached);
+}
+
+#[test]
+fn stop_is_reached_once_the_process_is_gone_and_running_is_unreachable_in_a_shutdown() {
+    let a = prog("a");
+    let mut w = World::new(config(vec![a]));
+    w.on_term
+        .insert("a".into(), OnTerm::ExitAfter(Duration::from_millis(500)));
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| w.state("a") == State::Running);
+    assert_eq!(progress(&w, "a", Goal::Running), Progress::Reached);
+    w.input(Input::StopRequested(w.id("a")));
+    assert_eq!(progress(&w, "a", Goal::Stopped), Progress::Pending);
+    w.run_until(Duration::from_secs(5), |w| w.state("a") == State::Stopped);
+    assert_eq!(progress(&w, "a", Goal::Stopped), Progress::Reached);
+    w.input(Input::ShutdownRequested);
+    assert_eq!(progress(&w, "a", Goal::Running), Progress::Unreachable);
+}
+
+/// A dependency that a reload holds back shows a reason beginning "waiting for", as a
+/// dependency wait does. Deciding by that text (what the runtime used to do) took the held
+/// program for one waiting on dependencies of its own, found none on their way, and answered
+/// `start app` at once with a failure although the reload was about to start `db`. The typed
+/// block tells the two apart.
+#[test]
+fn a_dependency_held_by_a_reload_is_on_its_way_whatever_its_reason_says() {
+    let mut slow = prog("slow");
+    slow.priority = -1;
+    let db = prog("db");
+    let mut app = prog("app");
+    app.depends_on = vec![("db".into(), DependencyCondition::Ready)];
+    app.on_dependency_restart = OnDependencyRestart::Restart;
+    let old = config(vec![slow.clone(), db.clone(), app.clone()]);
+    let mut w = World::new(old.clone());
+    w.boot();
+    w.run_until(Duration::from_secs(10), |w| {
+        all_running(w, &["slow", "db", "app"])
+    });
+    // The reload redefines db and slow; slow takes a while to stop, and db (stopped first)
+    // is held until it has.
+    w.on_term
+        .insert("slow".into(), OnTerm::ExitAfter(Duration::from_secs(2)));
+    let (mut slow2, mut db2) = (slow, db);
+    slow2.command.push("--v2".into());
+    db2.command.push("--v2".into());
+    let new = config(vec![slow2, db2, app]);
+    let plan = reload(&mut w, &old, &new);
+    assert_eq!(plan.unchanged, ["app"]);
+    w.run_until(Duration::from_secs(10), |w| {
+        w.m.blocked_on(w.id("db")) == Some(BlockedOn::Reload)
+            && w.m.blocked_on(w.id("app")).is_some()
+    });
+    let db = w.m.status(w.now, w.id("db"));
+    assert_eq!(db.state, State::Stopped);
+    assert!(
+        db.reason
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("waiting for"),
+        "the text the old rule matched: {:?}",
+        db.reason
+    );
+    assert!(!w.m.reload_pending(w.id("app")), "app itself is unchanged");
+    assert_eq!(progress(&w, "app", Goal::Running), Progress::Pending);
+    w.run_until(Duration::from_secs(20), |w| {
+        all_running(w, &["slow", "db", "app"])
+    });
+    assert_eq!(progress(&w, "app", Goal::Running), Progress::Reached);
+}
+
+#[test]
+fn a_removed_program_reaches_removed_and_nothing_else() {
+    let old = config(vec![prog("a"), prog("b")]);
+    let mut w = World::new(old.clone());
+    w.boot();
+    w.run_until(Duration::from_secs(5), |w| all_running(w, &["a", "b"]));
+    let b = w.id("b");
+    reload(&mut w, &old, &config(vec![prog("a")]));
+    assert_eq!(w.m.progress(b, Goal::Removed), Progress::Pending);
+    w.run_until(Duration::from_secs(10), |w| w.m.is_removed(b));
+    assert_eq!(w.m.progress(b, Goal::Removed), Progress::Reached);
+    assert_eq!(w.m.progress(b, Goal::Running), Progress::Unreachable);
+    assert_eq!(w.m.progress(b, Goal::Stopped), Progress::Unreachable);
+}
+
+#[test]
+fn a_probe_runs_its_own_check_and_a_readiness_attempt_is_bounded_by_a_second() {
+    let tcp = ReadinessCheck::Tcp {
+        address: "127.0.0.1:1".into(),
+    };
+    let exec = ReadinessCheck::Exec {
+        command: vec!["/bin/true".into()],
+    };
+    let mut slow = prog("slow");
+    slow.readiness.check = tcp.clone();
+    slow.readiness.timeout = Duration::from_secs(30);
+    slow.liveness = Some(LivenessConfig {
+        check: exec.clone(),
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(5),
+        failure_threshold: 3,
+        initial_delay: Duration::ZERO,
+    });
+    let mut quick = prog("quick");
+    quick.readiness.check = tcp.clone();
+    quick.readiness.timeout = Duration::from_millis(300);
+    let w = World::new(config(vec![slow, quick]));
+    let (slow, quick) = (w.id("slow"), w.id("quick"));
+    assert_eq!(
+        w.m.probe_check(slow, ProbeKind::Readiness),
+        Some((&tcp, Duration::from_secs(1)))
+    );
+    assert_eq!(
+        w.m.probe_check(quick, ProbeKind::Readiness),
+        Some((&tcp, Duration::from_millis(300)))
+    );
+    assert_eq!(
+        w.m.probe_check(slow, ProbeKind::Liveness),
+        Some((&exec, Duration::from_secs(5)))
+    );
+    assert_eq!(w.m.probe_check(quick, ProbeKind::Liveness), None);
 }

@@ -11,6 +11,11 @@ use std::path::PathBuf;
 use sv_core::config::{self, Config};
 use sv_core::plan::{self, Plan};
 
+/// Adds the bridge program running a command line to a config with a `[bridge]` table.
+/// The bridge's defaults are the bridge's own (`sv_bridge::add_bridge_program`); the binary
+/// passes that function in, so the supervisor's runtime does not link the bridge.
+pub type AddBridge = fn(&mut Config, Vec<String>);
+
 /// Where the config comes from, and how the bridge program is run.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -18,6 +23,8 @@ pub struct Source {
     pub path: PathBuf,
     /// The bridge program's command line, when the supervisor runs the bridge.
     pub bridge_command: Vec<String>,
+    /// How the bridge program is added, as at start.
+    pub add_bridge: AddBridge,
 }
 
 impl Source {
@@ -52,7 +59,7 @@ impl Source {
             }
         }
         if new.bridge.is_some() {
-            crate::supervisor::add_bridge_program(&mut new, self.bridge_command.clone());
+            (self.add_bridge)(&mut new, self.bridge_command.clone());
         }
         let mut p = plan::plan(running, &new);
         p.not_applied.extend(not_applied);

@@ -3,17 +3,18 @@
 
 use std::net::SocketAddr;
 
-use sv_core::machine::{ProgramStatus, Snapshot};
+use sv_core::machine::{ProgramStatus, Snapshot, State};
 use sv_runtime::http;
 use sv_testkit::WAIT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
+fn program(name: &str, state: State, healthy: bool) -> ProgramStatus {
     ProgramStatus {
         name: name.into(),
         group: None,
         state,
+        blocked_on: None,
         pid: Some(100),
         ready: healthy,
         healthy,
@@ -34,7 +35,7 @@ fn program(name: &str, state: &'static str, healthy: bool) -> ProgramStatus {
 
 fn healthy() -> Snapshot {
     Snapshot {
-        programs: vec![program("web", "RUNNING", true)],
+        programs: vec![program("web", State::Running, true)],
         healthy: true,
         reason: "all critical programs ready".into(),
         shutting_down: false,
@@ -43,7 +44,7 @@ fn healthy() -> Snapshot {
 
 fn unhealthy() -> Snapshot {
     Snapshot {
-        programs: vec![program("web", "BACKOFF", false)],
+        programs: vec![program("web", State::Backoff, false)],
         healthy: false,
         reason: "web is not ready: exited with code 1".into(),
         shutting_down: false,

@@ -12,8 +12,8 @@ use super::diag::{Sink, did_you_mean};
 use super::model::{AutoRestart, DependencyCondition, ProgramConfig};
 use super::program::ProgramSpans;
 
-/// The program the supervisor adds for the `[bridge]` table.
-pub(super) const BRIDGE_PROGRAM: &str = "bridge";
+/// The program the supervisor adds for the `[bridge]` table; the name is reserved then.
+pub const BRIDGE_PROGRAM: &str = "bridge";
 
 /// `programs` is in file order.
 pub(super) fn check(programs: &[(ProgramConfig, ProgramSpans)], has_bridge: bool, sink: &mut Sink) {

@@ -19,6 +19,7 @@ mod schedule;
 mod supervisor;
 mod value;
 
+pub use graph::BRIDGE_PROGRAM;
 pub use instances::{DEFAULT_PROCESS_NAME, MAX_NUMPROCS};
 pub use model::*;
 

@@ -421,6 +421,12 @@ impl ProgramConfig {
             num: None,
         }
     }
+
+    /// Whether the program gets an sd_notify socket (`NOTIFY_SOCKET`): for readiness `notify`
+    /// and for a `watchdog`, the two things it reports through one.
+    pub fn wants_notify_socket(&self) -> bool {
+        self.readiness.check == ReadinessCheck::Notify || self.watchdog.is_some()
+    }
 }
 
 impl Default for SupervisorSettings {
