@@ -138,11 +138,40 @@ def profile_once(binary: Path, d: Path) -> list[tuple[str, set[str]]]:
     return [functions(p) for p in sorted(d.glob("callgrind.*"))]
 
 
+# The share of the functions run from start to idle that the committed file must name. Not all
+# of them: which paths run varies a little from start to start (a retry, a log line).
+MIN_COVERAGE = 0.95
+
+
+def check(committed: Path, profiled: set[str], rustc: str) -> None:
+    """Fails when the committed order no longer describes this build: made by another compiler,
+    or missing more of the functions this build runs than start-to-start variation explains
+    (renamed or new code on the start-up path). A stale order costs memory silently (the linker
+    skips what it cannot find), so CI runs this."""
+    text = committed.read_text() if committed.exists() else ""
+    made_with = next((ln[len("# made with: ") :] for ln in text.splitlines() if ln.startswith("# made with: ")), "")
+    names = {ln for ln in text.splitlines() if ln and not ln.startswith("#")}
+    covered = len(profiled & names) / max(1, len(profiled))
+    print(
+        f"link-order: {committed}: names {covered:.1%} of the {len(profiled)} functions this build runs "
+        f"from start to idle (at least {MIN_COVERAGE:.0%} needed); made with {made_with or 'nothing'}, "
+        f"this is {rustc}",
+        file=sys.stderr,
+    )
+    if made_with != rustc or covered < MIN_COVERAGE:
+        fail(f"{committed} is stale: run scripts/link-order and commit the result")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, type=Path, help="unstripped static release build")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--runs", type=int, default=3, help="profiled starts to unite")
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="compare with --out instead of writing it: exit 1 when it is stale",
+    )
     a = ap.parse_args()
 
     bridge_bin = a.bin.with_name("iot2mqtt-sv-bridge")
@@ -168,6 +197,9 @@ def main() -> None:
     # Cargo hashes the compiler's version into every symbol name: scripts/build-static warns when
     # it links with another compiler than the one named here.
     rustc = subprocess.run(["rustc", "-V"], capture_output=True, text=True, check=True).stdout.strip()
+    if a.check:
+        check(a.out, sup | bridge, rustc)
+        return
     with open(a.out, "w") as f:
         f.write(HEADER)
         f.write(f"# made with: {rustc}\n")
