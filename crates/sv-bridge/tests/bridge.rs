@@ -1685,8 +1685,7 @@ fn device_availability_follows_the_owning_program_and_the_bridge_stop() {
 /// Issue 13.4 with a client helper: the device of a program that exits goes offline.
 #[test]
 fn device_availability_goes_offline_when_the_program_exits() {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: python3 is not installed");
+    if !sv_testkit::require(sv_testkit::Requirement::Python) {
         return;
     }
     let Some((_broker, _app, bridge, sub)) = setup() else {
@@ -1739,8 +1738,7 @@ fn write_ha_instance(app: &Path, with_old: bool) {
 
 /// Runs `code` with the Python client helper connected to `socket`, to completion.
 fn python(socket: &Path, code: &str) -> bool {
-    if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("skipped: python3 is not installed");
+    if !sv_testkit::require(sv_testkit::Requirement::Python) {
         return false;
     }
     let st = Command::new("python3")
@@ -2129,8 +2127,7 @@ fn home_assistant_templates_read_the_state_envelope_and_write_platform_commands(
 /// Issue 13.5 and 13.6 with the Node.js helper: `haDiscovery` and `discovered`.
 #[test]
 fn the_node_helper_sends_discovery_configs_and_discovered_devices() {
-    if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("skipped: node is not installed");
+    if !sv_testkit::require(sv_testkit::Requirement::Node) {
         return;
     }
     let Some((_broker, _app, bridge, sub)) = setup() else {
