@@ -505,21 +505,7 @@ impl Supervisor {
         let reaped = reap::reap();
         let now = Instant::now();
         for (pid, status) in reaped.exited {
-            if let Some(p) = self.probes.remove(&pid) {
-                let result = match status.code() {
-                    0 => Ok(()),
-                    c => Err(format!("probe command exited with code {c}")),
-                };
-                self.machine.handle(
-                    now,
-                    Input::ProbeResult {
-                        program: p.program,
-                        pid: p.pid,
-                        kind: p.kind,
-                        result,
-                    },
-                );
-            } else {
+            if !self.probe_exited(now, pid, status) {
                 self.machine.handle(now, Input::Exited { pid, status });
             }
         }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sv_core::config::{ProgramConfig, ReadinessCheck};
-use sv_core::machine::{Input, ProbeKind, ProgramId};
+use sv_core::machine::{ExitStatus, Input, ProbeKind, ProgramId};
 use sv_core::notify::Notify;
 use sv_core::signal::Signal;
 use tokio::sync::mpsc;
@@ -288,19 +288,35 @@ impl Supervisor {
             .map(|(k, _)| *k)
             .collect();
         for probe_pid in expired {
-            if let Some(p) = self.probes.remove(&probe_pid) {
-                let _ = signals::send(probe_pid, Signal::Kill, true);
-                self.machine.handle(
-                    now,
-                    Input::ProbeResult {
-                        program: p.program,
-                        pid: p.pid,
-                        kind: p.kind,
-                        result: Err("probe command timed out".into()),
-                    },
-                );
-            }
+            let _ = signals::send(probe_pid, Signal::Kill, true);
+            self.finish_probe(now, probe_pid, Err("probe command timed out".into()));
         }
+    }
+
+    /// Whether the reaped `pid` was an exec probe; if so, its exit code is the probe's result.
+    pub(super) fn probe_exited(&mut self, now: Instant, pid: i32, status: ExitStatus) -> bool {
+        let result = match status.code() {
+            0 => Ok(()),
+            c => Err(format!("probe command exited with code {c}")),
+        };
+        self.finish_probe(now, pid, result)
+    }
+
+    /// Reports the result of the exec probe `probe_pid` to the machine; false when it is none.
+    fn finish_probe(&mut self, now: Instant, probe_pid: i32, result: Result<(), String>) -> bool {
+        let Some(p) = self.probes.remove(&probe_pid) else {
+            return false;
+        };
+        self.machine.handle(
+            now,
+            Input::ProbeResult {
+                program: p.program,
+                pid: p.pid,
+                kind: p.kind,
+                result,
+            },
+        );
+        true
     }
 }
 
