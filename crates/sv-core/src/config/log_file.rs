@@ -10,7 +10,7 @@ use toml::de::DeValue;
 
 use super::diag::Sink;
 use super::model::{LogFileConfig, OutputMode};
-use super::value::{Field, Table};
+use super::value::{Field, Table, parse_size};
 
 const LOG_FILE_KEYS: &[&str] = &["path", "max_bytes", "backups"];
 
@@ -92,22 +92,6 @@ fn size(f: &Field<'_, '_>, sink: &mut Sink) -> Option<u64> {
             None
         }
     }
-}
-
-/// `"50MB"` → 52428800. Units are case-insensitive; a bare number is bytes.
-fn parse_size(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let shift = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "kb" | "kib" | "k" => 10,
-        "mb" | "mib" | "m" => 20,
-        "gb" | "gib" | "g" => 30,
-        _ => return None,
-    };
-    n.checked_mul(1u64 << shift)
 }
 
 #[cfg(test)]
